@@ -1,0 +1,5 @@
+"""`python -m sshipit` runs the same command line as the `sshipit` script."""
+
+from sshipit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The `sshipit` command: read settings, build the plan, deploy, report, exit.
+
+With no arguments it is a CI plugin (settings from `PLUGIN_*` / `INPUT_*`); flags give the same settings
+anywhere and win over the environment. Owns argument parsing, `--help`, and the promise that a failure is one
+clear line with a non-zero exit, never a traceback (unless `debug`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from sshipit import __version__
+from sshipit.errors import EXIT_FAILED, EXIT_SETTINGS, DeployError
+from sshipit.settings import CATALOGUE, Raw, RawSettings, from_environment
+
+_EPILOG = """\
+Every setting can also be given as an environment variable: PLUGIN_<NAME> (Drone, Woodpecker) or
+INPUT_<NAME> (GitHub Actions), e.g. PLUGIN_HOST=web1 PLUGIN_SCRIPT_STOP=false. Flags win over variables.
+Lists: repeat the flag (--command a --command b), or in a variable give a JSON array or comma-joined text.
+Exit status: 0 success; a failing command's own status; 124 command_timeout; 2 bad settings; 1 otherwise.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sshipit",
+        description="Ship build output to servers over SSH and run the commands that bring it live.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sshipit {__version__}")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for setting in CATALOGUE:
+        group = groups.setdefault(setting.group, parser.add_argument_group(setting.group))
+        flags = [f"--{setting.name.replace('_', '-')}"]
+        flags += [f"--{alias.replace('_', '-')}" for alias in setting.aliases]
+        if setting.name == "commands":
+            flags.append("--command")
+        if setting.name == "sources":
+            flags = ["--source", *[f for f in flags if f != "--source"]]
+        default = f" (default: {setting.default})" if setting.default is not None else ""
+        help_text = f"{setting.help}{default}. Env: PLUGIN_{setting.name.upper()}"
+        if setting.kind in ("list", "commands"):
+            group.add_argument(*flags, dest=setting.name, action="append", metavar="VALUE",
+                               help=help_text + "; repeat the flag for more")
+        elif setting.kind == "bool":
+            group.add_argument(*flags, dest=setting.name, nargs="?", const="true", metavar="BOOL", help=help_text)
+        else:
+            metavar = "SECRET" if setting.secret else setting.kind.upper() if setting.kind != "str" else "TEXT"
+            group.add_argument(*flags, dest=setting.name, metavar=metavar, help=help_text)
+    return parser
+
+
+def read_settings(argv: list[str], environ: dict[str, str]) -> RawSettings:
+    raw = from_environment(environ)
+    if argv:
+        namespace = _parser().parse_args(argv)
+        for setting in CATALOGUE:
+            value = getattr(namespace, setting.name, None)
+            if value is None:
+                continue
+            flag = f"--{setting.name.replace('_', '-')}"
+            if isinstance(value, list):
+                raw.known[setting.name] = Raw(origin=flag, items=list(value))
+            else:
+                raw.known[setting.name] = Raw(origin=flag, text=value)
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = dict(os.environ)
+    debug = False
+    from sshipit.report import Console
+
+    console = Console()
+    try:
+        raw = read_settings(argv, environ)
+        from sshipit.plan import build
+
+        debug_raw = raw.known.get("debug")
+        debug = bool(debug_raw and (debug_raw.text or "").strip().lower() in ("true", "yes", "on", "1", "y"))
+        plan = build(raw, environ, Path.cwd())
+        console.masker = plan.masker
+        for warning in plan.warnings:
+            console.warn(warning)
+        if plan.debug:
+            for name, value in plan.shown.items():
+                console.info(f"setting {name} = {value}")
+        import asyncio
+
+        from sshipit.deploy import deploy, exit_status
+
+        results = asyncio.run(deploy(plan, console))
+        console.summary(results)
+        return exit_status(results)
+    except DeployError as exc:
+        console.error(exc.line())
+        return exc.exit_status
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return 130
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_SETTINGS
+    except Exception as exc:  # a bug: say so in one line, show the traceback only when asked
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        console.error(f"internal error: {type(exc).__name__}: {exc} (run with debug: true for details)")
+        return EXIT_FAILED

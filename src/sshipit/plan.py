@@ -1,0 +1,438 @@
+"""From raw settings to a validated plan: everything a deploy will do, decided before any host is contacted.
+
+Owns: host entry parsing, credential loading (keys are parsed here, once, and held in memory only),
+host key policy, the remote target, the file list, the commands and the environment to export. A `Plan` is
+complete and checked; the session stage only carries it out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sshipit.commas import read_commands
+from sshipit.errors import SettingsError
+from sshipit.rules import Masker, clean_relative, is_precious, is_shell_name, remote_target
+from sshipit.settings import (
+    CATALOGUE,
+    Raw,
+    RawSettings,
+    Setting,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_list,
+    suggest,
+)
+from sshipit.sources import Collected, collect
+
+if TYPE_CHECKING:
+    from asyncssh import SSHKey
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    hostname: str
+    port: int
+    username: str
+    written: str  # the entry as the user wrote it
+
+    @property
+    def label(self) -> str:
+        """How output names this host: short, but unique among hosts that differ only by port or user."""
+        return self.written
+
+
+@dataclass
+class Credentials:
+    password: str | None = None
+    keys: list[SSHKey] = field(default_factory=list)
+    key_descriptions: list[str] = field(default_factory=list)  # "ed25519 key from key" for error messages
+    agent_path: str | None = None
+
+    def __repr__(self) -> str:  # never let a secret reach a log through repr()
+        return f"Credentials(password={'set' if self.password else 'unset'}, keys={self.key_descriptions})"
+
+    def methods(self) -> list[str]:
+        methods = [f"publickey ({d})" for d in self.key_descriptions]
+        if self.agent_path:
+            methods.append("publickey (ssh-agent)")
+        if self.password:
+            methods.append("password")
+        return methods
+
+
+@dataclass(frozen=True)
+class HostKeyPolicy:
+    fingerprints: tuple[str, ...] = ()
+    known_hosts: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.fingerprints or self.known_hosts)
+
+
+@dataclass
+class Plan:
+    hosts: list[HostSpec]
+    credentials: Credentials
+    host_keys: HostKeyPolicy
+    connect_timeout: float
+    target: str | None
+    upload: Collected | None
+    rm: bool
+    delete: list[str]
+    commands: list[str]
+    script_stop: bool
+    command_timeout: float
+    exports: list[tuple[str, str]]
+    request_pty: bool
+    parallel: bool
+    debug: bool
+    workspace: Path
+    masker: Masker
+    warnings: list[str]
+    shown: dict[str, str]  # resolved settings for `debug`, secrets masked
+
+
+# ------------------------------------------------------------------------------------------------ host entries
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_.%-]+\Z")
+
+
+def parse_host(entry: str, default_port: int, default_user: str) -> HostSpec:
+    """`host`, `host:port`, `user@host`, `user@host:port`, `[ipv6]:port`, `[ipv6]` or a bare IPv6 address."""
+    text = entry.strip()
+    user = default_user
+    if "@" in text:
+        user, _, text = text.rpartition("@")
+        if not user or any(c.isspace() or c in "'\"`$;\\" for c in user) or user.startswith("-"):
+            raise SettingsError(f"host {entry!r}: {user!r} is not a valid user name", setting="host")
+    port = default_port
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise SettingsError(f"host {entry!r}: missing ']'", setting="host", hint="write [2001:db8::1]:2222")
+        hostname, rest = text[1:close], text[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise SettingsError(f"host {entry!r}: unexpected {rest!r}", setting="host")
+            port = _port(rest[1:], entry)
+        _check_ip6(hostname, entry)
+    elif text.count(":") > 1:
+        hostname = text  # a bare IPv6 address carries no port; brackets are needed for one
+        _check_ip6(hostname, entry)
+    elif ":" in text:
+        hostname, _, port_text = text.partition(":")
+        port = _port(port_text, entry)
+    else:
+        hostname = text
+    if not hostname or not _HOSTNAME.match(hostname.replace(":", "")) or hostname.startswith("-"):
+        raise SettingsError(f"host {entry!r} is not a valid host name or address", setting="host")
+    return HostSpec(hostname=hostname, port=port, username=user, written=entry.strip())
+
+
+def _check_ip6(address: str, entry: str) -> None:
+    try:
+        ipaddress.IPv6Address(address.split("%")[0])
+    except ValueError:
+        raise SettingsError(f"host {entry!r}: {address!r} is not an IPv6 address", setting="host") from None
+
+
+def _port(text: str, entry: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SettingsError(f"host {entry!r}: port {text!r} is not a number from 1 to 65535", setting="host")
+    return int(text)
+
+
+# ------------------------------------------------------------------------------------------------- credentials
+
+
+def normalise_key_text(text: str) -> str:
+    """Keys pasted into CI secrets arrive with CRLF, literal \\n, or without the final newline."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    return text + "\n"
+
+
+def load_key(text: str, passphrase: str | None, origin: str) -> SSHKey:
+    import asyncssh
+
+    kind_hint = "expected an OpenSSH or PEM private key (RSA, ECDSA or Ed25519)"
+    if "PRIVATE KEY" not in text:
+        if text.startswith(("ssh-", "ecdsa-")):
+            raise SettingsError(f"{origin} holds a public key, not a private key", setting=origin,
+                                hint="use the private half (the file without .pub)")
+        raise SettingsError(f"{origin} is not a private key", setting=origin, hint=kind_hint)
+    try:
+        return asyncssh.import_private_key(text, passphrase or None)
+    except asyncssh.KeyEncryptionError:
+        if passphrase:
+            raise SettingsError(f"the passphrase does not decrypt {origin}", setting="passphrase",
+                                hint="check the passphrase secret") from None
+        raise SettingsError(f"{origin} is encrypted", setting="passphrase",
+                            hint="set passphrase to the key's passphrase") from None
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" in str(exc).lower():
+            setting = "passphrase"
+            message = f"{origin} is encrypted" if not passphrase else f"the passphrase does not decrypt {origin}"
+            raise SettingsError(message, setting=setting, hint="check the passphrase") from None
+        raise SettingsError(f"{origin} could not be read ({exc})", setting=origin, hint=kind_hint) from None
+
+
+def _key_label(key: SSHKey, origin: str) -> str:
+    algorithm = key.get_algorithm()
+    short = {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(algorithm, algorithm.replace("ecdsa-sha2-", "ecdsa "))
+    return f"{short} key from {origin}"
+
+
+# ------------------------------------------------------------------------------------------------------- build
+
+
+class _Values:
+    """Typed access to raw settings, remembering which ones were used."""
+
+    def __init__(self, raw: RawSettings) -> None:
+        self.raw = raw
+
+    def has(self, name: str) -> bool:
+        return name in self.raw.known
+
+    def text(self, name: str) -> str | None:
+        raw = self.raw.known.get(name)
+        if raw is None:
+            setting = _setting(name)
+            return setting.default
+        if raw.items is not None:
+            return ",".join(raw.items)
+        return raw.text
+
+    def flag(self, name: str) -> bool:
+        text = self.text(name)
+        return parse_bool(text, name) if text is not None else False
+
+    def number(self, name: str, **bounds: Any) -> int:
+        text = self.text(name)
+        return parse_int(text, name, **bounds) if text is not None else 0
+
+    def duration(self, name: str) -> float:
+        text = self.text(name)
+        assert text is not None
+        return parse_duration(text, name)
+
+    def items(self, name: str) -> list[str]:
+        raw = self.raw.known.get(name)
+        return parse_list(raw, name) if raw is not None else []
+
+
+def _setting(name: str) -> Setting:
+    return next(s for s in CATALOGUE if s.name == name)
+
+
+def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
+    """Check every setting and decide the whole deploy. Raises SettingsError with one clear line."""
+    values = _Values(raw)
+    warnings = list(raw.warnings)
+    masker = Masker()
+    for name in ("password", "key", "passphrase"):
+        masker.add(values.text(name))
+
+    # Hosts
+    entries = values.items("host")
+    if not entries:
+        raise SettingsError("no host to deploy to", setting="host", hint="set host (PLUGIN_HOST, --host)")
+    port = values.number("port", minimum=1, maximum=65535)
+    username = (values.text("username") or "root").strip()
+    hosts = [parse_host(entry, port, username) for entry in entries]
+    seen: set[tuple[str, int, str]] = set()
+    for host in hosts:
+        key = (host.hostname, host.port, host.username)
+        if key in seen:
+            raise SettingsError(f"host {host.written!r} is listed twice", setting="host")
+        seen.add(key)
+
+    # Credentials: parsed once here, kept in memory only.
+    credentials = Credentials(password=values.text("password") or None)
+    passphrase = values.text("passphrase") or None
+    key_text = values.text("key")
+    if key_text:
+        key = load_key(normalise_key_text(key_text), passphrase, "key")
+        credentials.keys.append(key)
+        credentials.key_descriptions.append(_key_label(key, "key"))
+    key_path = values.text("key_path")
+    if key_path:
+        path = Path(os.path.expanduser(key_path))
+        if not path.is_absolute():
+            path = workspace / path
+        try:
+            file_text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not a text file"
+            raise SettingsError(f"cannot read key_path {key_path}: {reason}", setting="key_path") from None
+        key = load_key(normalise_key_text(file_text), passphrase, "key_path")
+        credentials.keys.append(key)
+        credentials.key_descriptions.append(_key_label(key, "key_path"))
+    credentials.agent_path = environ.get("SSH_AUTH_SOCK") or None
+    if not credentials.keys and not credentials.password and not credentials.agent_path:
+        raise SettingsError(
+            "no credentials: set key, key_path or password, or run an ssh-agent (SSH_AUTH_SOCK)",
+            setting="key",
+        )
+
+    # Host keys
+    fingerprints = []
+    for fingerprint in values.items("fingerprint"):
+        fp = fingerprint.strip()
+        if not fp.startswith("SHA256:"):
+            raise SettingsError(f"fingerprint {fp!r} is not a SHA256 fingerprint", setting="fingerprint",
+                                hint="copy it from `ssh-keygen -lf` or from sshipit's warning (SHA256:...)")
+        fingerprints.append(fp.rstrip("="))
+    known_hosts = values.text("known_hosts")
+    if known_hosts:
+        import asyncssh
+
+        try:
+            asyncssh.import_known_hosts(known_hosts)
+        except (ValueError, asyncssh.KeyImportError) as exc:
+            raise SettingsError(f"known_hosts could not be read ({exc})", setting="known_hosts",
+                                hint="paste lines as `ssh-keyscan` prints them") from None
+    host_keys = HostKeyPolicy(tuple(fingerprints), known_hosts or None)
+
+    # Target and upload
+    target_text = values.text("target")
+    target = remote_target(target_text.strip()) if target_text and target_text.strip() else None
+    sources = values.items("sources")
+    strip = values.number("strip_components", minimum=0, maximum=1000)
+    upload = None
+    if sources:
+        if target is None:
+            raise SettingsError("sources are set but target is not", setting="target",
+                                hint="set target to the remote directory to upload into")
+        upload = collect(workspace, sources, strip)
+        warnings += upload.warnings
+    rm = values.flag("rm")
+    delete = [clean_relative(path, "delete") for path in values.items("delete")]
+    if (rm or delete) and target is None:
+        raise SettingsError("rm and delete need a target", setting="target")
+    if rm and target is not None and is_precious(target):
+        raise SettingsError(f"rm refuses to empty {target_text!r}", setting="rm",
+                            hint="deploy into a directory of its own")
+
+    # Commands
+    commands: list[str] = []
+    if "commands" in raw.known:
+        read = read_commands(raw.known["commands"], "commands", environ, workspace)
+        commands = read.items
+        if read.warning:
+            warnings.append(read.warning)
+    script_file = values.text("script_file")
+    if script_file:
+        path = workspace / script_file
+        try:
+            commands.append(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not a text file"
+            raise SettingsError(f"cannot read script_file {script_file}: {reason}", setting="script_file") from None
+    if not upload and not commands and not rm and not delete:
+        raise SettingsError("nothing to do: no sources and no commands", setting="sources",
+                            hint="set sources and target to upload, commands to run, or both")
+
+    # Environment to export
+    exports = _exports(values.items("envs"), raw, environ, warnings)
+
+    parallel = values.flag("parallel")
+    if values.has("sync") and not values.has("parallel"):
+        parallel = not values.flag("sync")
+
+    plan = Plan(
+        hosts=hosts,
+        credentials=credentials,
+        host_keys=host_keys,
+        connect_timeout=values.duration("timeout"),
+        target=target,
+        upload=upload,
+        rm=rm,
+        delete=delete,
+        commands=commands,
+        script_stop=values.flag("script_stop"),
+        command_timeout=values.duration("command_timeout"),
+        exports=exports,
+        request_pty=values.flag("request_pty"),
+        parallel=parallel,
+        debug=values.flag("debug"),
+        workspace=workspace,
+        masker=masker,
+        warnings=warnings,
+        shown={},
+    )
+    plan.shown = _shown(raw, masker)
+    _warn_unknown(raw, values.items("envs"), warnings)
+    return plan
+
+
+_CREDENTIALS = {"password", "key", "ssh_key", "key_path", "passphrase", "ssh_passphrase"}
+
+
+def _exports(envs: list[str], raw: RawSettings, environ: dict[str, str], warnings: list[str]) -> list[tuple[str, str]]:
+    exports: dict[str, str] = {}
+
+    def put(name: str, value: str) -> None:
+        exports[name] = value
+        if name.upper() != name:
+            exports[name.upper()] = value
+
+    for name in envs:
+        if name.lower() == "all":
+            for key, entry in sorted(raw.extra.items()):
+                shell_name = key.upper()
+                if is_shell_name(shell_name) and entry.text is not None:
+                    exports[shell_name] = entry.text
+                else:
+                    warnings.append(f"envs: all: {entry.origin} is not a valid shell variable name; not exported")
+            continue
+        if name.lower() in _CREDENTIALS:
+            raise SettingsError(f"envs: {name} is a credential and is never exported", setting="envs",
+                                hint="export it under another setting name if a command truly needs it")
+        if not is_shell_name(name):
+            raise SettingsError(f"envs: {name!r} is not a valid shell variable name", setting="envs",
+                                hint="use letters, digits and _")
+        entry = raw.extra.get(name.lower())
+        if entry is not None and entry.text is not None:
+            put(name, entry.text)
+        elif name in environ:
+            put(name, environ[name])
+        elif name.upper() in environ:
+            put(name, environ[name.upper()])
+        else:
+            warnings.append(f"envs: {name} is neither a setting nor an environment variable; exported empty")
+            put(name, "")
+    return list(exports.items())
+
+
+def _warn_unknown(raw: RawSettings, envs: list[str], warnings: list[str]) -> None:
+    named = {name.lower() for name in envs}
+    exporting_all = "all" in named
+    for key, entry in sorted(raw.extra.items()):
+        if key in named:
+            continue
+        guess = suggest(key)
+        if guess:
+            warnings.append(f"unknown setting {entry.origin}: did you mean {guess}?")
+        elif not exporting_all:
+            warnings.append(f"unknown setting {entry.origin} is ignored (name it in envs to export it)")
+
+
+def _shown(raw: RawSettings, masker: Masker) -> dict[str, str]:
+    shown = {}
+    for setting in CATALOGUE:
+        entry: Raw | None = raw.known.get(setting.name)
+        if entry is None:
+            continue
+        text = ",".join(entry.items) if entry.items is not None else (entry.text or "")
+        shown[setting.name] = "********" if setting.secret else masker(text)
+    return shown

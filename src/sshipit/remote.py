@@ -1,0 +1,71 @@
+"""Short commands on an open connection, and finding out what the server offers.
+
+Owns the probe (is there a shell, which tar) and the helper that runs one short command and captures its
+output. Every command string built here quotes its values through `rules`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asyncssh import SSHClientConnection
+
+PROBE_MARK = "sshipit-probe-ok"
+_PROBE = (
+    f"printf '%s\\n' {PROBE_MARK}; "
+    "if tar --version 2>/dev/null | grep -q 'GNU tar'; then echo tar=gnu; "
+    "elif command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi"
+)
+
+
+@dataclass(frozen=True)
+class ServerTraits:
+    shell: bool  # False for an SFTP-only account (ForceCommand internal-sftp, a nologin shell)
+    tar: str  # gnu, other (BusyBox, bsdtar) or none
+
+    @property
+    def tar_extract(self) -> str:
+        """The extract command: keep modes and mtimes, never restore the CI's owners."""
+        return "tar -xpof -" if self.tar == "gnu" else "tar -xof -"
+
+
+@dataclass
+class Captured:
+    exit_status: int | None
+    stdout: str
+    stderr: str
+
+
+async def capture(conn: SSHClientConnection, command: str, timeout: float, stdin: bytes = b"") -> Captured:
+    """Run one command to completion and return its output (decoded leniently)."""
+    process = await conn.create_process(command, encoding=None)
+    try:
+        if stdin:
+            process.stdin.write(stdin)
+        process.stdin.write_eof()
+        result = await asyncio.wait_for(process.wait(), timeout)
+    finally:
+        process.close()
+    out = result.stdout if isinstance(result.stdout, bytes) else b""
+    err = result.stderr if isinstance(result.stderr, bytes) else b""
+    return Captured(result.exit_status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+async def probe(conn: SSHClientConnection, timeout: float) -> ServerTraits:
+    """One round trip that tells whether commands can run and which tar extracts our stream."""
+    import asyncssh
+
+    try:
+        result = await capture(conn, _PROBE, timeout)
+    except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+        return ServerTraits(shell=False, tar="none")
+    if PROBE_MARK not in result.stdout:
+        return ServerTraits(shell=False, tar="none")
+    tar = "none"
+    for line in result.stdout.splitlines():
+        if line.startswith("tar="):
+            tar = line[4:].strip()
+    return ServerTraits(shell=True, tar=tar)

@@ -1,0 +1,250 @@
+"""The settings catalogue, and reading raw settings from the environment and the command line.
+
+Owns: every setting's name, aliases, kind, default and help text; how CI systems name them
+(`PLUGIN_*` for Drone and Woodpecker, `INPUT_*` for GitHub Actions, flags anywhere); and turning one raw text
+into a typed value (booleans, durations, lists). It does not decide what a deploy does: that is `plan`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sshipit.errors import SettingsError
+
+Kind = Literal["str", "secret", "int", "bool", "duration", "list", "commands"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: Kind
+    help: str
+    default: str | None = None
+    aliases: tuple[str, ...] = ()
+    group: str = "deploy"
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret"
+
+
+CATALOGUE: tuple[Setting, ...] = (
+    # Where to connect
+    Setting("host", "list", "servers: host, host:port, user@host, user@host:port, [ipv6]:port or a bare IPv6 "
+            "address", aliases=("hosts",), group="connection"),
+    Setting("port", "int", "SSH port where a host entry names none", "22", group="connection"),
+    Setting("username", "str", "login name where a host entry names none", "root", aliases=("user",),
+            group="connection"),
+    Setting("timeout", "duration", "connect timeout (30s, 2m, or seconds)", "30s", group="connection"),
+    # Who we are
+    Setting("password", "secret", "password for password authentication", group="authentication"),
+    Setting("key", "secret", "private key text (RSA, ECDSA, Ed25519; PEM or OpenSSH; encrypted or not)",
+            aliases=("ssh_key",), group="authentication"),
+    Setting("key_path", "str", "path of a private key file", group="authentication"),
+    Setting("passphrase", "secret", "passphrase of the key", aliases=("ssh_passphrase",), group="authentication"),
+    # Whom we trust
+    Setting("fingerprint", "list", "trusted host key fingerprints (SHA256:...), any key type",
+            group="host keys"),
+    Setting("known_hosts", "str", "OpenSSH known_hosts text naming the trusted host keys", group="host keys"),
+    # What we upload
+    Setting("target", "str", "remote directory (created if missing); ~/ means the login's home",
+            group="upload"),
+    Setting("sources", "list", "files, directories and globs (** too) relative to the workspace; !pattern "
+            "excludes", aliases=("source",), group="upload"),
+    Setting("strip_components", "int", "drop this many leading path parts of each uploaded path", "0",
+            group="upload"),
+    Setting("rm", "bool", "empty the target's contents (never the directory itself) before upload", "false",
+            group="upload"),
+    Setting("delete", "list", "paths relative to target to remove before upload", group="upload"),
+    # What we run
+    Setting("commands", "commands", "commands run in one remote shell in target, or one block of script",
+            aliases=("script",), group="commands"),
+    Setting("script_file", "str", "a file in the workspace whose text is the script", group="commands"),
+    Setting("script_stop", "bool", "stop at the first failing command", "true", group="commands"),
+    Setting("command_timeout", "duration", "limit for the whole command run on a host", "10m",
+            group="commands"),
+    Setting("envs", "list", "names to export in the remote shell (a setting's value, else the environment "
+            "variable's), or all", group="commands"),
+    Setting("request_pty", "bool", "run the commands in a pseudo-terminal", "false", group="commands"),
+    # How
+    Setting("parallel", "bool", "deploy to all hosts at once", "true", group="behaviour"),
+    Setting("sync", "bool", "drone-ssh's name: sync: true means parallel: false", group="behaviour"),
+    Setting("debug", "bool", "show resolved settings (secrets masked), the remote script, and tracebacks",
+            "false", group="behaviour"),
+)
+
+_BY_NAME: dict[str, Setting] = {}
+for _setting in CATALOGUE:
+    for _name in (_setting.name, *_setting.aliases):
+        _BY_NAME[_name] = _setting
+
+
+def lookup(name: str) -> Setting | None:
+    """The setting a (normalised) name or alias stands for."""
+    return _BY_NAME.get(normalise(name))
+
+
+def normalise(name: str) -> str:
+    """The one spelling of a setting name: Drone keeps `-` and `.`, Woodpecker turns them into `_`."""
+    return re.sub(r"[-. ]", "_", name.strip().lower())
+
+
+def suggest(name: str) -> str | None:
+    """The closest known setting name, for a did-you-mean."""
+    close = difflib.get_close_matches(normalise(name), list(_BY_NAME), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+@dataclass
+class Raw:
+    """One setting as received: its text (or, from repeated flags, its items) and where it came from."""
+
+    origin: str  # PLUGIN_HOST, INPUT_HOST or --host
+    text: str | None = None
+    items: list[str] | None = None
+
+
+@dataclass
+class RawSettings:
+    """Everything received, before interpretation."""
+
+    known: dict[str, Raw] = field(default_factory=dict)  # canonical setting name -> raw value
+    extra: dict[str, Raw] = field(default_factory=dict)  # unknown names (normalised) -> raw value
+    warnings: list[str] = field(default_factory=list)
+
+
+PREFIXES = ("PLUGIN_", "INPUT_")
+
+
+def from_environment(environ: dict[str, str], raw: RawSettings | None = None) -> RawSettings:
+    """Collect `PLUGIN_*` and `INPUT_*` variables. An empty value counts as absent, as Drone drops it anyway."""
+    raw = raw or RawSettings()
+    # PLUGIN_ wins over INPUT_ when both name the same setting: sort INPUT_ first so PLUGIN_ overwrites.
+    for var in sorted(environ, key=lambda v: (not v.startswith("INPUT_"), v)):
+        prefix = next((p for p in PREFIXES if var.startswith(p)), None)
+        value = environ[var]
+        if prefix is None or value == "":
+            continue
+        key = normalise(var[len(prefix):])
+        setting = _BY_NAME.get(key)
+        entry = Raw(origin=var, text=value)
+        if setting is None:
+            raw.extra[key] = entry
+            continue
+        previous = raw.known.get(setting.name)
+        if previous and previous.origin.startswith(prefix) and previous.text != value:
+            raise SettingsError(
+                f"{previous.origin} and {var} both set {setting.name} with different values",
+                setting=setting.name,
+                hint="keep one of them",
+            )
+        raw.known[setting.name] = entry
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------- value parsing
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n"}
+
+
+def parse_bool(text: str, name: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SettingsError(f"{name}: {text!r} is not a boolean", setting=name, hint="use true or false")
+
+
+def parse_int(text: str, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise SettingsError(f"{name}: {text!r} is not a whole number", setting=name) from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"from {minimum}" + (f" to {maximum}" if maximum is not None else " up")
+        raise SettingsError(f"{name}: {value} is out of range", setting=name, hint=f"use a number {bounds}")
+    return value
+
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+
+
+def parse_duration(text: str, name: str) -> float:
+    """Seconds from `30s`, `2m`, `1h30m`, `500ms`, or a plain number of seconds (Drone sends `1.5` for 1.5)."""
+    word = text.strip().lower()
+    try:
+        seconds = float(word)
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        pos, total = 0, 0.0
+        for match in _DURATION_PART.finditer(word):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(word) or not word:
+            raise SettingsError(
+                f"{name}: {text!r} is not a duration", setting=name, hint="write it like 30s, 2m, 1h or 45"
+            )
+        seconds = total
+    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
+        raise SettingsError(f"{name}: {text!r} must be a positive duration", setting=name)
+    return seconds
+
+
+def json_list(text: str, name: str) -> list[str] | None:
+    """Items of a value that is a JSON array (how CIs send lists holding maps, and how users write lossless lists).
+
+    Returns None when the text is not a JSON array. A `{"from_secret": ...}` inside means the CI did not resolve it.
+    """
+    stripped = text.strip()
+    if not stripped.startswith("["):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    if not isinstance(data, list):
+        return None
+    items: list[str] = []
+    for item in data:
+        if isinstance(item, dict) and "from_secret" in item:
+            raise SettingsError(
+                f"{name}: a from_secret inside a list was not resolved by the CI (Drone resolves it only as a "
+                "setting's whole value)",
+                setting=name,
+                hint="move the secret into its own setting and name that setting in envs",
+            )
+        if isinstance(item, (dict, list)):
+            raise SettingsError(f"{name}: list items must be plain values, got {json.dumps(item)}", setting=name)
+        if item is None:
+            continue
+        if isinstance(item, bool):
+            items.append("true" if item else "false")
+        else:
+            items.append(str(item))
+    return items
+
+
+def parse_list(raw: Raw, name: str) -> list[str]:
+    """A list setting: repeated flags, a JSON array, or comma-joined text (how Drone and Woodpecker send lists)."""
+    if raw.items is not None:
+        return [item for item in raw.items if item != ""]
+    assert raw.text is not None
+    from_json = json_list(raw.text, name)
+    if from_json is not None:
+        return [item.strip() for item in from_json if item.strip()]
+    if raw.text.strip().startswith("{"):
+        if "from_secret" in raw.text:
+            raise SettingsError(f"{name}: from_secret was not resolved by the CI", setting=name,
+                                hint="define the secret in the CI and reference it as the setting's value")
+        raise SettingsError(f"{name}: expected a list, got a map", setting=name)
+    return [part.strip() for part in raw.text.split(",") if part.strip()]

@@ -1,0 +1,218 @@
+"""Sending the collected sources into the target over the host's one connection.
+
+Owns two ways in: the normal one streams every entry as ONE tar archive into `tar -x` on the server (no
+temporary archive on either side; modes, mtimes, symlinks and empty directories kept), and the fallback for
+SFTP-only accounts, which uploads over SFTP with many requests in flight. Also owns clearing the target
+(`rm`) and the `delete` paths, done in the same remote command as the extraction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sshipit.errors import DeployError
+from sshipit.remote import ServerTraits
+from sshipit.rules import shell_path
+from sshipit.sources import Entry
+
+if TYPE_CHECKING:
+    from asyncssh import SSHClientConnection
+
+    from sshipit.plan import HostSpec, Plan
+
+CHUNK = 256 * 1024  # bytes handed to the channel per write: large enough to amortise, small enough to stream
+_BLOCK = tarfile.BLOCKSIZE
+
+
+@dataclass
+class UploadStats:
+    method: str  # tar or sftp
+    files: int = 0
+    bytes: int = 0  # file content bytes
+    wire_bytes: int = 0  # bytes of the stream (tar headers and padding included)
+    seconds: float = 0.0
+
+
+def clear_commands(target: str, rm: bool, delete: list[str]) -> list[str]:
+    """Shell commands, run inside the target, that empty it (not the directory itself) and remove delete paths."""
+    commands = []
+    if rm:
+        # The three globs match every name but . and ..; an unmatched glob stays literal and rm -f ignores it.
+        commands.append("rm -rf -- ./* ./.[!.]* ./..?*")
+    if delete:
+        commands.append("rm -rf -- " + " ".join(shell_path(path) for path in delete))
+    return commands
+
+
+def tar_header(entry: Entry) -> bytes:
+    info = tarfile.TarInfo(entry.name)
+    info.mtime = entry.mtime
+    info.mode = entry.mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif entry.kind == "symlink":
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.link
+    else:
+        info.size = entry.size
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+def tar_stream(entries: list[Entry]) -> Iterator[bytes]:
+    """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error."""
+    pending = bytearray()
+    for entry in entries:
+        pending += tar_header(entry)
+        if entry.kind == "file":
+            remaining = entry.size
+            with open(entry.local, "rb") as handle:
+                while remaining:
+                    piece = handle.read(min(CHUNK, remaining))
+                    if not piece:
+                        raise DeployError(f"{entry.local} shrank while it was being uploaded", setting="sources",
+                                          hint="do not change build output during the deploy", phase="upload")
+                    remaining -= len(piece)
+                    pending += piece
+                    if len(pending) >= CHUNK:
+                        yield bytes(pending)
+                        pending.clear()
+            pending += b"\0" * (-entry.size % _BLOCK)
+        if len(pending) >= CHUNK:
+            yield bytes(pending)
+            pending.clear()
+    pending += b"\0" * (2 * _BLOCK)
+    yield bytes(pending)
+
+
+def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) -> DeployError:
+    """Turn a remote tar/mkdir/rm complaint into one line with the setting to look at."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else "no message"
+    lowered = stderr.lower()
+    if "no space left" in lowered or "disk quota" in lowered:
+        return DeployError(f"{host.label}: the disk holding {target} is full ({last})", setting="target",
+                           hint="free space on the server or deploy elsewhere", phase="upload")
+    if "permission denied" in lowered or "operation not permitted" in lowered:
+        return DeployError(f"{host.label}: permission denied in {target} as {host.username} ({last})",
+                           setting="target / username",
+                           hint=f"give {host.username} write access to {target} or choose another target",
+                           phase="upload")
+    if "read-only file system" in lowered:
+        return DeployError(f"{host.label}: {target} is on a read-only file system", setting="target",
+                           phase="upload")
+    return DeployError(f"{host.label}: {what} failed: {last}", setting="target", phase="upload")
+
+
+async def upload_tar(
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry]
+) -> UploadStats:
+    import asyncssh
+
+    assert plan.target is not None
+    target = shell_path(plan.target)
+    steps = [f"mkdir -p -- {target}", f"cd -- {target}", *clear_commands(plan.target, plan.rm, plan.delete)]
+    command = " && ".join([*steps, f"exec {traits.tar_extract}"]) if entries else " && ".join(steps)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stats = UploadStats("tar")
+    process = await conn.create_process(command, encoding=None)
+    stderr_task = asyncio.ensure_future(process.stderr.read())
+    broken: BaseException | None = None
+    try:
+        if entries:
+            for chunk in tar_stream(entries):
+                process.stdin.write(chunk)
+                stats.wire_bytes += len(chunk)
+                await process.stdin.drain()
+        process.stdin.write_eof()
+    except (BrokenPipeError, ConnectionError, asyncssh.Error) as exc:
+        broken = exc  # the remote side gave up; its stderr says why
+    try:
+        result = await asyncio.wait_for(process.wait(), timeout=max(plan.connect_timeout, 60))
+    except (TimeoutError, asyncssh.Error, ConnectionError):
+        result = None
+    stderr = (await stderr_task).decode("utf-8", "replace") if stderr_task.done() else ""
+    if not stderr_task.done():
+        stderr_task.cancel()
+    if result is None or result.exit_status != 0 or broken is not None:
+        if conn.is_closed() or (result is None and broken is not None):
+            raise DeployError(f"{host.label}: the connection was lost during the upload", setting="host",
+                              hint="check the network and the server; run the deploy again", phase="upload")
+        raise explain_remote_failure(host, plan.target, stderr, "upload (remote tar)")
+    stats.files = sum(1 for e in entries if e.kind == "file")
+    stats.bytes = sum(e.size for e in entries)
+    stats.seconds = loop.time() - started
+    return stats
+
+
+async def upload_sftp(conn: SSHClientConnection, host: HostSpec, plan: Plan, entries: list[Entry]) -> UploadStats:
+    """The fallback for accounts that allow SFTP only: many files in flight, each with pipelined requests."""
+    import asyncssh
+
+    assert plan.target is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stats = UploadStats("sftp")
+    root = plan.target
+    try:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.makedirs(root, exist_ok=True)
+            if plan.rm:
+                for name in await sftp.listdir(root):
+                    if name not in (".", ".."):
+                        await _sftp_remove(sftp, posixpath.join(root, name))
+            for path in plan.delete:
+                await _sftp_remove(sftp, posixpath.join(root, path))
+            dirs = [e for e in entries if e.kind == "dir"]
+            for entry in dirs:
+                await sftp.makedirs(posixpath.join(root, entry.name), exist_ok=True)
+            limit = asyncio.Semaphore(16)
+
+            async def send(entry: Entry) -> None:
+                remote = posixpath.join(root, entry.name)
+                async with limit:
+                    if entry.kind == "symlink":
+                        if await sftp.lexists(remote):
+                            await sftp.remove(remote)
+                        await sftp.symlink(entry.link, remote)
+                    else:
+                        parent = posixpath.dirname(remote)
+                        if parent:
+                            await sftp.makedirs(parent, exist_ok=True)
+                        await sftp.put(str(entry.local), remote, preserve=True, block_size=CHUNK // 2,
+                                       max_requests=16)
+
+            await asyncio.gather(*(send(e) for e in entries if e.kind != "dir"))
+            for entry in sorted(dirs, key=lambda e: -e.name.count("/")):
+                await sftp.setstat(posixpath.join(root, entry.name),
+                                   asyncssh.SFTPAttrs(permissions=entry.mode, atime=entry.mtime, mtime=entry.mtime))
+    except asyncssh.SFTPError as exc:
+        reason = exc.reason or str(exc)
+        raise explain_remote_failure(host, plan.target, reason, "SFTP upload") from None
+    except (OSError, asyncssh.Error) as exc:
+        raise DeployError(f"{host.label}: SFTP upload failed: {exc}", setting="target", phase="upload") from None
+    stats.files = sum(1 for e in entries if e.kind == "file")
+    stats.bytes = sum(e.size for e in entries)
+    stats.wire_bytes = stats.bytes
+    stats.seconds = loop.time() - started
+    return stats
+
+
+async def _sftp_remove(sftp: object, path: str) -> None:
+    import asyncssh
+
+    client = sftp  # typed loosely: asyncssh's SFTPClient
+    try:
+        if await client.isdir(path) and not await client.islink(path):  # type: ignore[attr-defined]
+            await client.rmtree(path)  # type: ignore[attr-defined]
+        else:
+            await client.remove(path)  # type: ignore[attr-defined]
+    except asyncssh.SFTPNoSuchFile:
+        pass
