@@ -75,7 +75,7 @@ def split_top_level(text: str) -> list[str]:
             depth += 1
         elif char in ")]}":
             depth = max(0, depth - 1)
-        elif char == "," and depth == 0 and not text[i + 1: i + 2].isspace() and text[i + 1: i + 2] != "":
+        elif char == "," and depth == 0 and not text[i + 1: i + 2].isspace():
             parts.append("".join(current))
             current = []
             continue

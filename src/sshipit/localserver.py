@@ -51,6 +51,7 @@ HOST_KEY_KINDS = ("rsa", "ecdsa", "ed25519")
 _START_ATTEMPTS = 10
 _START_TIMEOUT = 20.0  # seconds per attempt, generous for a loaded CI machine
 _STOP_TIMEOUT = 5.0
+_PORT_TAKEN = ": port taken"
 
 # Keywords that LocalServer manages itself and that extra_config may not set globally.
 _MANAGED = ("port", "listenaddress", "pidfile")
@@ -136,9 +137,7 @@ def _run(args: list[str], *, input: str | None = None) -> str:
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{args[0]} failed with exit code {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
-        )
+        raise RuntimeError(f"{args[0]} failed with exit code {proc.returncode}: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout
 
 
@@ -157,8 +156,7 @@ def ensure_user(name: str) -> pwd.struct_passwd:
         current = pwd.getpwuid(os.geteuid())
         if name != current.pw_name:
             raise ValueError(
-                "only root can serve logins for another user: "
-                f"running as {current.pw_name!r}, asked for {name!r}"
+                f"only root can serve logins for another user: running as {current.pw_name!r}, asked for {name!r}"
             )
         return current
     with _user_lock, _file_lock(Path("/tmp/.sshipit-localserver-useradd.lock")):
@@ -208,7 +206,7 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _can_traverse(path: Path, entry: pwd.struct_passwd) -> Path | None:
+def _first_blocked_dir(path: Path, entry: pwd.struct_passwd) -> Path | None:
     """Return the first directory on the way to `path` that `entry`'s user cannot enter."""
     groups = {entry.pw_gid, *os.getgrouplist(entry.pw_name, entry.pw_gid)}
     for directory in [*reversed(path.parents), path]:
@@ -363,7 +361,7 @@ class LocalServer:
             # The user must reach authorized_keys (sshd reads it as the user), not list the dir.
             mode = stat.S_IMODE(self.workdir.stat().st_mode)
             self.workdir.chmod(mode | 0o711)
-            blocked = _can_traverse(self.workdir, self._entry)
+            blocked = _first_blocked_dir(self.workdir, self._entry)
             if blocked is not None:
                 raise ValueError(
                     f"user {self.user!r} cannot reach the server's workdir {self.workdir}: "
@@ -452,7 +450,7 @@ class LocalServer:
                     _running.add(self)
                     return self
                 failures.append(outcome)
-                if "Address already in use" not in outcome and "Cannot bind any address" not in outcome:
+                if not outcome.endswith(_PORT_TAKEN):
                     break
             raise RuntimeError(
                 f"sshd did not start (after {len(failures)} attempt(s)); last failure: {failures[-1]}\n"
@@ -480,7 +478,8 @@ class LocalServer:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 new = self._log_since(offset)
-                return f"sshd exited with code {proc.returncode}: {new.strip()[-2000:] or '(no log)'}"
+                taken = "Address already in use" in new or "Cannot bind any address" in new
+                return f"sshd exited with code {proc.returncode}" + (_PORT_TAKEN if taken else "")
             if listening in self._log_since(offset) and self._banner_ok(port):
                 if proc.poll() is None:
                     return None

@@ -171,14 +171,18 @@ def load_key(text: str, passphrase: str | None, origin: str) -> SSHKey:
         raise SettingsError(f"{origin} is not a private key", setting=origin, hint=kind_hint)
     try:
         return asyncssh.import_private_key(text, passphrase or None)
-    except asyncssh.KeyEncryptionError:
+    except asyncssh.KeyEncryptionError as exc:
+        if "bcrypt" in str(exc):  # not the passphrase's fault: this install cannot decrypt OpenSSH-format keys
+            raise SettingsError(f"{origin} is an encrypted OpenSSH key and the bcrypt package is missing",
+                                setting=origin, hint="install sshipit with its dependencies (bcrypt)") from None
         if passphrase:
             raise SettingsError(f"the passphrase does not decrypt {origin}", setting="passphrase",
                                 hint="check the passphrase secret") from None
         raise SettingsError(f"{origin} is encrypted", setting="passphrase",
                             hint="set passphrase to the key's passphrase") from None
     except asyncssh.KeyImportError as exc:
-        if "passphrase" in str(exc).lower():
+        # A wrong passphrase on a PEM key reads "Unable to decrypt PKCS#1 private key" (PKCS#8 likewise).
+        if "passphrase" in str(exc).lower() or (passphrase and "unable to decrypt" in str(exc).lower()):
             setting = "passphrase"
             message = f"{origin} is encrypted" if not passphrase else f"the passphrase does not decrypt {origin}"
             raise SettingsError(message, setting=setting, hint="check the passphrase") from None

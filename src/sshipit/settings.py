@@ -96,7 +96,7 @@ def normalise(name: str) -> str:
 def suggest(name: str) -> str | None:
     """The closest known setting name, for a did-you-mean."""
     close = difflib.get_close_matches(normalise(name), list(_BY_NAME), n=1, cutoff=0.7)
-    return close[0] if close else None
+    return _BY_NAME[close[0]].name if close else None
 
 
 @dataclass

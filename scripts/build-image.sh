@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Build the plugin image (default tag sshipit:dev) from the repository's unchanged Dockerfile, on a
+# machine where no container registry is reachable and the package index needs the host's CA bundle.
+#
+#   scripts/build-image.sh [TAG]
+#
+# How: the host resolves and downloads every wheel the build needs (pip download, with the host's pip
+# config and certificates) into a wheelhouse, serves it on 127.0.0.1 for the duration of the build, and
+# runs `docker build --network=host --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=http://...`.
+# The Dockerfile only sees ordinary pip build args, so on any other machine a plain `docker build .`
+# installs from PyPI instead.
+#
+# Uses $DOCKER_HOST if set (and fails if it does not answer), else starts or reuses the private engine
+# of scripts/docker-engine.sh.
+# Environment: SSHIPIT_BUILDER=buildkit (default, Debian's /usr/bin/docker) or legacy (DOCKER_BUILDKIT=0);
+# SSHIPIT_WHEELHOUSE (default /var/lib/sshipit-ci/wheelhouse).
+# Progress goes to stderr; the last stdout line is `IMAGE <tag> <size in bytes>`.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+TAG=${1:-sshipit:dev}
+WHEELHOUSE=${SSHIPIT_WHEELHOUSE:-/var/lib/sshipit-ci/wheelhouse}
+DOCKER=/usr/bin/docker
+[ -x "$DOCKER" ] || DOCKER=docker
+PY=${PYTHON:-python3}
+
+log() { printf 'build-image: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+if [ -z "${DOCKER_HOST:-}" ]; then
+    eval "$("$HERE/docker-engine.sh")"
+fi
+"$DOCKER" info >/dev/null 2>&1 || die "no Docker engine answers at DOCKER_HOST=$DOCKER_HOST"
+log "engine: $DOCKER_HOST"
+
+# --- 1. wheelhouse: runtime deps + build backend, as wheels for this platform --------------------
+mkdir -p "$WHEELHOUSE"
+mapfile -t reqs < <("$PY" - "$REPO/pyproject.toml" <<'EOF'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    data = tomllib.load(f)
+for req in data["project"].get("dependencies", []) + data["build-system"].get("requires", []):
+    print(req)
+print("wheel")
+EOF
+)
+# Wheels for the image's Python (from the Dockerfile's FROM python:X.Y...), on this machine's platform.
+pyver=$(sed -n 's/^FROM python:\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' "$REPO/Dockerfile" | head -n 1)
+log "downloading wheels for Python ${pyver:-?} into $WHEELHOUSE: ${reqs[*]}"
+"$PY" -m pip download --quiet --only-binary=:all: ${pyver:+--python-version "$pyver"} \
+    --dest "$WHEELHOUSE" "${reqs[@]}" >&2 \
+    || die "pip download failed"
+
+# --- 2. serve it on loopback for the build ---------------------------------------------------------
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$PY" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$PORT" </dev/null >/dev/null 2>&1 &
+HTTP_PID=$!
+trap 'kill "$HTTP_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do
+    "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/', timeout=1)" \
+        2>/dev/null && break
+    sleep 0.1
+done
+
+# --- 3. build --------------------------------------------------------------------------------------
+case "${SSHIPIT_BUILDER:-buildkit}" in
+    buildkit) export DOCKER_BUILDKIT=1 ;;
+    legacy) export DOCKER_BUILDKIT=0 ;;
+    *) die "SSHIPIT_BUILDER must be buildkit or legacy" ;;
+esac
+log "building $TAG (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
+start=$(date +%s%N)
+"$DOCKER" build --network=host --progress=plain \
+    --build-arg PIP_NO_INDEX=1 \
+    --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$PORT/" \
+    -t "$TAG" "$REPO" >&2 \
+    || die "docker build failed"
+ms=$((($(date +%s%N) - start) / 1000000))
+
+size=$("$DOCKER" image inspect -f '{{.Size}}' "$TAG")
+log "built $TAG in $((ms / 1000)).$((ms % 1000 / 100)) s; size $size bytes ($((size / 1000000)) MB)"
+echo "IMAGE $TAG $size"

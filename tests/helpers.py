@@ -1,0 +1,210 @@
+"""Helpers shared by the tests: running sshipit, Drone-style settings, the system ssh client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sshipit.localserver import KeyPair, LocalServer
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+
+# Variables that CI systems (Drone, Woodpecker, GitHub Actions) set, and that must not leak from
+# the environment running pytest into the tool under test.
+SCRUBBED_PREFIXES = ("PLUGIN_", "INPUT_", "DRONE", "CI_", "GITHUB_", "SSHIPIT_")
+SCRUBBED_NAMES = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "CI")
+
+
+@dataclass
+class Result:
+    """What a finished `python -m sshipit` run returned and printed."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __str__(self) -> str:
+        return (
+            f"$ {' '.join(self.args)}\n[exit code {self.returncode}]\n"
+            f"--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
+        )
+
+
+def clean_env(home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without CI/plugin variables or the ssh agent, with HOME=`home`, then `env`."""
+    result = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(SCRUBBED_PREFIXES) and name not in SCRUBBED_NAMES
+    }
+    result["HOME"] = str(home)
+    result["NO_COLOR"] = "1"
+    result.pop("FORCE_COLOR", None)
+    pythonpath = [str(SRC), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    result["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+    if env:
+        result.update(env)
+    return result
+
+
+def run_sshipit(
+    *args: str,
+    cwd: Path,
+    home: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> Result:
+    """Run `python -m sshipit ARGS` in a clean environment; fail the test if it outlives `timeout`."""
+    argv = [sys.executable, "-m", "sshipit", *args]
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=clean_env(home, env),
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # a grandchild outside the group holds the pipes
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            stdout, stderr = "", ""
+            proc.wait()
+        pytest.fail(
+            f"sshipit did not finish within {timeout}s and was killed\n"
+            + str(Result(argv, proc.returncode, stdout or "", stderr or "")),
+            pytrace=False,
+        )
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return Result(argv, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def setting_value(value: object) -> str:
+    """A setting as Drone puts it in the environment: lists comma-joined, maps as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(setting_value(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def plugin_env(server: LocalServer, key: KeyPair | None, **settings: object) -> dict[str, str]:
+    """Drone-style PLUGIN_* variables to reach `server` with `key`, plus `settings`.
+
+    Each extra setting becomes PLUGIN_<NAME>; a setting given as None removes that variable.
+    """
+    env = {
+        "PLUGIN_HOST": server.host,
+        "PLUGIN_PORT": str(server.port),
+        "PLUGIN_USERNAME": server.user,
+        "PLUGIN_FINGERPRINT": ",".join(server.fingerprints().values()),
+    }
+    if key is not None:
+        env["PLUGIN_KEY"] = key.private_text
+        if key.passphrase:
+            env["PLUGIN_PASSPHRASE"] = key.passphrase
+    for name, value in settings.items():
+        variable = "PLUGIN_" + name.upper()
+        if value is None:
+            env.pop(variable, None)
+        else:
+            env[variable] = setting_value(value)
+    return env
+
+
+def ssh_argv(server: LocalServer, key: KeyPair | None, known_hosts: Path, *options: str) -> list[str]:
+    """The system ssh client's argv to `server` (strict host key checking, no user config)."""
+    argv = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-p",
+        str(server.port),
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    if key is not None:
+        argv += ["-i", str(key.private_path), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+    return [*argv, *options, "-l", server.user, server.host]
+
+
+def ssh(
+    server: LocalServer,
+    key: KeyPair | None,
+    command: str,
+    known_hosts: Path,
+    *,
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` on `server` with the system ssh client, stdin closed."""
+    known_hosts.write_text(server.known_hosts())
+    return subprocess.run(
+        [*ssh_argv(server, key, known_hosts), command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
+        check=False,
+    )
+
+
+def rmtree(path: Path) -> None:
+    """Remove a tree even where a test left directories without write or search permission."""
+
+    def fix_and_retry(func: object, failed: str, _exc: object) -> None:
+        parent = os.path.dirname(failed)
+        for target in (parent, failed):
+            with contextlib.suppress(OSError):
+                os.chmod(target, stat.S_IMODE(os.lstat(target).st_mode) | stat.S_IRWXU)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            shutil.rmtree(failed, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(failed)
+
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path, onerror=fix_and_retry)
