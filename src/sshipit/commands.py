@@ -39,7 +39,7 @@ class CommandsResult:
     seconds: float = 0.0
 
 
-def build_script(plan: Plan, nonce: str) -> str:
+def build_script(plan: Plan, nonce: str, commands: list[str], cwd: str | None) -> str:
     """The whole remote script. Markers (\\037 + nonce) tell the reader which command runs and how it ended."""
 
     def mark(what: str) -> str:
@@ -50,15 +50,14 @@ def build_script(plan: Plan, nonce: str) -> str:
         f"trap '__sshipit_rc=$?; printf \"\\037{nonce}:exit:%d\\037\\n\" \"$__sshipit_rc\"' EXIT",
         f"printf '\\037{nonce}:pid:%d\\037\\n' \"$$\"",
     ]
-    if plan.target is not None:
-        target = shell_path(plan.target)
-        lines.append(f"mkdir -p -- {target} && cd -- {target} || exit 1")
+    if cwd is not None:
+        lines.append(f"mkdir -p -- {shell_path(cwd)} && cd -- {shell_path(cwd)} || exit 1")
     for name, value in plan.exports:
         lines.append(f"export {name}={quote(value)}")
     lines.append("__sshipit_first=0")
     if plan.script_stop:
         lines.append("set -e")
-    for number, command in enumerate(plan.commands, start=1):
+    for number, command in enumerate(commands, start=1):
         lines.append(mark(f"cmd:{number}"))
         lines.append(f"eval {quote(command)}")
         lines.append(
@@ -154,12 +153,21 @@ class _Reader:
 
 
 async def run_commands(
-    conn: SSHClientConnection, host: HostSpec, plan: Plan, emit: Emit, show_command: Callable[[int], None]
+    conn: SSHClientConnection,
+    host: HostSpec,
+    plan: Plan,
+    commands: list[str],
+    cwd: str | None,
+    emit: Emit,
+    show_command: Callable[[int], None],
+    timeout: float | None = None,
 ) -> CommandsResult:
+    """Run `commands` in one remote shell started in `cwd` (created if missing)."""
     import asyncssh
 
     nonce = secrets.token_hex(6)
-    script = build_script(plan, nonce).encode("utf-8", "surrogateescape")
+    script = build_script(plan, nonce, commands, cwd).encode("utf-8", "surrogateescape")
+    limit = plan.command_timeout if timeout is None else timeout
     loop = asyncio.get_running_loop()
     started = loop.time()
     reader = _Reader(nonce, emit, show_command)
@@ -190,7 +198,7 @@ async def run_commands(
 
     timed_out = False
     try:
-        await asyncio.wait_for(pump(), plan.command_timeout)
+        await asyncio.wait_for(pump(), limit)
     except TimeoutError:
         timed_out = True
         await _stop(conn, reader.pid)

@@ -245,6 +245,8 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
     masker = Masker()
     for name in ("password", "key", "passphrase"):
         masker.add(values.text(name))
+    if values.text("key"):  # a key pasted with literal \n escapes: mask its real lines too
+        masker.add(normalise_key_text(values.text("key") or ""))
 
     # Hosts
     entries = values.items("host")

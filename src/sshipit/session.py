@@ -43,15 +43,15 @@ async def deploy_host(host: HostSpec, plan: Plan, console: Console) -> HostResul
                     console.info("the server has no tar: uploading over SFTP", host)
                     result.upload = await upload_sftp(conn, host, plan, entries)
                 else:
-                    result.upload = await upload_tar(conn, host, plan, traits, entries)
+                    result.upload = await upload_tar(conn, host, plan, traits, entries, plan.target or ".")
                 upload = result.upload
                 console.info(f"uploaded {upload.files} files ({upload.bytes} bytes) to {plan.target} in "
                              f"{upload.seconds:.2f}s over {upload.method}", host)
             if plan.commands:
                 if plan.debug:
-                    console.info("remote script:\n" + build_script(plan, "NONCE"), host)
+                    console.info("remote script:\n" + build_script(plan, "NONCE", plan.commands, plan.target), host)
                 outcome = await run_commands(
-                    conn, host, plan,
+                    conn, host, plan, plan.commands, plan.target,
                     emit=lambda line: console.output(host, line),
                     show_command=lambda n: console.command(host, plan.commands[n - 1]),
                 )

@@ -38,7 +38,7 @@ class UploadStats:
     seconds: float = 0.0
 
 
-def clear_commands(target: str, rm: bool, delete: list[str]) -> list[str]:
+def clear_commands(_target: str, rm: bool, delete: list[str]) -> list[str]:
     """Shell commands, run inside the target, that empty it (not the directory itself) and remove delete paths."""
     commands = []
     if rm:
@@ -111,13 +111,15 @@ def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) 
 
 
 async def upload_tar(
-    conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry]
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry], dest: str,
+    clear: bool = True,
 ) -> UploadStats:
+    """Stream `entries` into `dest` (created if missing); with `clear`, apply rm/delete there first."""
     import asyncssh
 
-    assert plan.target is not None
-    target = shell_path(plan.target)
-    steps = [f"mkdir -p -- {target}", f"cd -- {target}", *clear_commands(plan.target, plan.rm, plan.delete)]
+    target = shell_path(dest)
+    cleanup = clear_commands(dest, plan.rm, plan.delete) if clear else []
+    steps = [f"mkdir -p -- {target}", f"cd -- {target}", *cleanup]
     command = " && ".join([*steps, f"exec {traits.tar_extract}"]) if entries else " && ".join(steps)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -145,7 +147,7 @@ async def upload_tar(
         if conn.is_closed() or (result is None and broken is not None):
             raise DeployError(f"{host.label}: the connection was lost during the upload", setting="host",
                               hint="check the network and the server; run the deploy again", phase="upload")
-        raise explain_remote_failure(host, plan.target, stderr, "upload (remote tar)")
+        raise explain_remote_failure(host, dest, stderr, "upload (remote tar)")
     stats.files = sum(1 for e in entries if e.kind == "file")
     stats.bytes = sum(e.size for e in entries)
     stats.seconds = loop.time() - started
