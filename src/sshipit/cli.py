@@ -20,6 +20,7 @@ _EPILOG = """\
 Every setting can also be given as an environment variable: PLUGIN_<NAME> (Drone, Woodpecker) or
 INPUT_<NAME> (GitHub Actions), e.g. PLUGIN_HOST=web1 PLUGIN_SCRIPT_STOP=false. Flags win over variables.
 Lists: repeat the flag (--command a --command b), or in a variable give a JSON array or comma-joined text.
+Subcommand: `sshipit rollback [settings]` switches every host back to its previous good release.
 Exit status: 0 success; a failing command's own status; 124 command_timeout; 2 bad settings; 1 otherwise.
 """
 
@@ -54,8 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+SUBCOMMANDS = {"rollback": "rollback"}  # `sshipit rollback ...` is `--rollback` with the same settings
+
+
 def read_settings(argv: list[str], environ: dict[str, str]) -> RawSettings:
     raw = from_environment(environ)
+    if argv and argv[0] in SUBCOMMANDS:
+        raw.known[SUBCOMMANDS[argv[0]]] = Raw(origin=argv[0], text="true")
+        argv = argv[1:]
     if argv:
         namespace = _parser().parse_args(argv)
         for setting in CATALOGUE:

@@ -10,11 +10,16 @@ import asyncio
 
 from sshipit.plan import Plan
 from sshipit.report import Console, HostResult
-from sshipit.session import deploy_host
+from sshipit.session import deploy_host, single_fleet
 
 
 async def deploy(plan: Plan, console: Console) -> list[HostResult]:
     console.prefix_hosts = len(plan.hosts) > 1
+    if plan.atomic:
+        # Every host prepares before any switches, so they run side by side even when not in parallel;
+        # `parallel: false` then means one host works at a time.
+        fleet = single_fleet(plan.parallel, len(plan.hosts))
+        return list(await asyncio.gather(*(deploy_host(host, plan, console, fleet) for host in plan.hosts)))
     if plan.parallel:
         return list(await asyncio.gather(*(deploy_host(host, plan, console) for host in plan.hosts)))
     results: list[HostResult] = []
@@ -29,7 +34,7 @@ async def deploy(plan: Plan, console: Console) -> list[HostResult]:
 
 
 def exit_status(results: list[HostResult]) -> int:
-    for result in results:
-        if not result.ok and not result.skipped:
-            return result.exit_status or 1
-    return 0
+    """The first real failure's status; a host stopped only by another host's failure counts last."""
+    failures = [r for r in results if not r.ok and not r.skipped]
+    failures.sort(key=lambda r: r.collateral)
+    return (failures[0].exit_status or 1) if failures else 0

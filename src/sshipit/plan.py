@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sshipit.commas import read_commands
 from sshipit.errors import SettingsError
+from sshipit.release import ReleaseSpec, new_release
 from sshipit.rules import Masker, clean_relative, is_precious, is_shell_name, remote_target
 from sshipit.settings import (
     CATALOGUE,
@@ -91,6 +92,15 @@ class Plan:
     command_timeout: float
     exports: list[tuple[str, str]]
     request_pty: bool
+    atomic: bool
+    rollback: bool
+    keep_releases: int
+    shared: list[str]
+    post_commands: list[str]
+    healthcheck: str | None
+    healthcheck_timeout: float
+    lock_timeout: float
+    release: ReleaseSpec
     parallel: bool
     debug: bool
     workspace: Path
@@ -330,12 +340,15 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
                             hint="deploy into a directory of its own")
 
     # Commands
-    commands: list[str] = []
-    if "commands" in raw.known:
-        read = read_commands(raw.known["commands"], "commands", environ, workspace)
-        commands = read.items
+    def command_list(name: str) -> list[str]:
+        if name not in raw.known:
+            return []
+        read = read_commands(raw.known[name], name, environ, workspace)
         if read.warning:
             warnings.append(read.warning)
+        return read.items
+
+    commands = command_list("commands")
     script_file = values.text("script_file")
     if script_file:
         path = workspace / script_file
@@ -344,7 +357,25 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not a text file"
             raise SettingsError(f"cannot read script_file {script_file}: {reason}", setting="script_file") from None
-    if not upload and not commands and not rm and not delete:
+    # Atomic releases
+    atomic = values.flag("atomic")
+    rollback = values.flag("rollback")
+    shared = [clean_relative(p, "shared") + ("/" if p.endswith("/") else "") for p in values.items("shared")]
+    post_commands = command_list("post_commands")
+    healthcheck = (values.text("healthcheck") or "").strip() or None
+    if (atomic or rollback) and target is None:
+        raise SettingsError("atomic releases need a target", setting="target",
+                            hint="set target to the directory that will hold releases/, current and shared/")
+    if not atomic and not rollback:
+        for name, used in (("shared", shared), ("post_commands", post_commands), ("healthcheck", healthcheck)):
+            if used:
+                raise SettingsError(f"{name} needs atomic: true", setting=name,
+                                    hint="set atomic: true, or move these commands into commands")
+    if atomic and (rm or delete):
+        warnings.append("rm and delete are ignored with atomic: true (every release starts empty)")
+        rm, delete = False, []
+    keep_releases = values.number("keep_releases", minimum=1, maximum=1000)
+    if not upload and not commands and not rm and not delete and not rollback:
         raise SettingsError("nothing to do: no sources and no commands", setting="sources",
                             hint="set sources and target to upload, commands to run, or both")
 
@@ -369,6 +400,15 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         command_timeout=values.duration("command_timeout"),
         exports=exports,
         request_pty=values.flag("request_pty"),
+        atomic=atomic or rollback,
+        rollback=rollback,
+        keep_releases=keep_releases,
+        shared=shared,
+        post_commands=post_commands,
+        healthcheck=healthcheck,
+        healthcheck_timeout=values.duration("healthcheck_timeout"),
+        lock_timeout=values.duration("lock_timeout"),
+        release=new_release(environ),
         parallel=parallel,
         debug=values.flag("debug"),
         workspace=workspace,

@@ -29,6 +29,8 @@ class HostResult:
     upload: UploadStats | None = None
     commands: CommandsResult | None = None
     skipped: bool = False
+    collateral: bool = False  # failed only because another host failed
+    release: str | None = None
 
 
 def human_bytes(count: float) -> str:
@@ -57,9 +59,9 @@ class Console:
         """A line the remote commands printed."""
         self._write(self.out, self._tag(host) + line)
 
-    def command(self, host: HostSpec, command: str) -> None:
+    def command(self, host: HostSpec, command: str, label: str = "") -> None:
         lines = command.strip("\n").split("\n") or [""]
-        tag = self._tag(host)
+        tag = self._tag(host) + label
         self._write(self.out, tag + "$ " + lines[0])
         for more in lines[1:]:
             self._write(self.out, tag + "> " + more)

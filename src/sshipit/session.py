@@ -1,87 +1,321 @@
-"""One host, start to finish: connect -> upload -> commands, over a single SSH connection.
+"""One host, start to finish, over a single SSH connection.
 
-Owns the order of the stages on a host and turning what happened into a `HostResult`. The connection is
-opened here once and passed to every stage; no stage opens another.
+Plain mode: connect -> upload into target -> commands.
+Atomic mode: connect -> lock -> upload into a new release -> shared links -> commands -> (every host prepared?)
+-> switch `current` -> post_commands -> health check -> (every host healthy? else switch back) -> prune -> unlock.
+
+Owns the order of the stages on a host and turning what happened into a `HostResult`. The connection is opened
+here once and passed to every stage; no stage opens another. Hosts meet at `Gate`s so that no host switches
+unless every host prepared, and every host switches back if any host's new release is unhealthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import posixpath
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sshipit.commands import build_script, run_commands
 from sshipit.connect import connect
 from sshipit.errors import DeployError
 from sshipit.plan import HostSpec, Plan
+from sshipit.release import CURRENT, FAILED, OK, RELEASES, ROLLED_BACK, ReleaseManager
 from sshipit.remote import probe
 from sshipit.report import Console, HostResult
 from sshipit.upload import upload_sftp, upload_tar
 
+if TYPE_CHECKING:
+    from asyncssh import SSHClientConnection
 
-async def deploy_host(host: HostSpec, plan: Plan, console: Console) -> HostResult:
+
+class Gate:
+    """Every host arrives once; each then learns whether all of them got there in good shape."""
+
+    def __init__(self, parties: int) -> None:
+        self._left = parties
+        self._event = asyncio.Event()
+        self.failed: list[str] = []
+        if parties <= 0:
+            self._event.set()
+
+    def arrive(self, ok: bool, label: str) -> None:
+        if not ok:
+            self.failed.append(label)
+        self._left -= 1
+        if self._left <= 0:
+            self._event.set()
+
+    async def wait(self) -> bool:
+        await self._event.wait()
+        return not self.failed
+
+
+@dataclass
+class Fleet:
+    """What the hosts of one deploy share: the two meeting points and how many may work at once."""
+
+    prepared: Gate
+    healthy: Gate
+    work: asyncio.Semaphore
+    arrived: dict[str, set[str]] = field(default_factory=dict)
+
+    def arrive(self, gate: str, host: HostSpec, ok: bool) -> None:
+        seen = self.arrived.setdefault(host.label, set())
+        if gate not in seen:
+            seen.add(gate)
+            (self.prepared if gate == "prepared" else self.healthy).arrive(ok, host.label)
+
+    def leave(self, host: HostSpec) -> None:
+        """A host that stops early still arrives everywhere, as failed, so nobody waits for it."""
+        self.arrive("prepared", host, False)
+        self.arrive("healthy", host, False)
+
+
+def single_fleet(parallel: bool, hosts: int) -> Fleet:
+    return Fleet(Gate(hosts), Gate(hosts), asyncio.Semaphore(hosts if parallel else 1))
+
+
+class Collateral(DeployError):
+    """This host was fine, but another host's failure stopped it (it does not decide the exit status)."""
+
+
+async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet | None = None) -> HostResult:
+    fleet = fleet or single_fleet(True, 1)
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = HostResult(host=host, ok=False, seconds=0.0)
     try:
-        connected = await connect(host, plan)
+        async with fleet.work:
+            if plan.atomic and fleet.prepared.failed:
+                raise Collateral(f"{host.label}: not attempted: {', '.join(fleet.prepared.failed)} failed first",
+                                 phase="connect")
+            connected = await connect(host, plan)
         for warning in connected.warnings:
             console.warn(warning, host)
         console.info(f"connected to {host.hostname}:{host.port} as {host.username} in {connected.seconds:.2f}s"
                      f"{' (host key verified)' if connected.pinned else ''}", host)
         async with connected.conn as conn:
-            if plan.upload is not None or plan.rm or plan.delete:
-                traits = await probe(conn, plan.connect_timeout)
-                entries = plan.upload.entries if plan.upload is not None else []
-                if not traits.shell:
-                    if plan.commands:
-                        raise DeployError(
-                            f"{host.label}: the account accepts SFTP only, so commands cannot run; nothing was "
-                            "uploaded",
-                            setting="commands", hint="remove commands, or give the user a shell", phase="upload")
-                    console.info("the account has no shell: uploading over SFTP", host)
-                    result.upload = await upload_sftp(conn, host, plan, entries)
-                elif traits.tar == "none":
-                    console.info("the server has no tar: uploading over SFTP", host)
-                    result.upload = await upload_sftp(conn, host, plan, entries)
-                else:
-                    result.upload = await upload_tar(conn, host, plan, traits, entries, plan.target or ".")
-                upload = result.upload
-                console.info(f"uploaded {upload.files} files ({upload.bytes} bytes) to {plan.target} in "
-                             f"{upload.seconds:.2f}s over {upload.method}", host)
-            if plan.commands:
-                if plan.debug:
-                    console.info("remote script:\n" + build_script(plan, "NONCE", plan.commands, plan.target), host)
-                outcome = await run_commands(
-                    conn, host, plan, plan.commands, plan.target,
-                    emit=lambda line: console.output(host, line),
-                    show_command=lambda n: console.command(host, plan.commands[n - 1]),
-                )
-                result.commands = outcome
-                if outcome.timed_out:
-                    raise DeployError(
-                        f"{host.label}: the commands did not finish within {plan.command_timeout:g}s and were "
-                        "stopped", setting="command_timeout", hint="raise command_timeout or make the command end",
-                        phase="commands", exit_status=outcome.exit_status)
-                if outcome.exit_status != 0:
-                    raise DeployError(_failure_text(host, plan, outcome.failed, outcome.exit_status),
-                                      setting="commands", phase="commands", exit_status=outcome.exit_status)
+            if plan.atomic:
+                await _atomic(conn, host, plan, console, result, fleet)
+            else:
+                async with fleet.work:
+                    await _plain(conn, host, plan, console, result)
         result.ok = True
     except DeployError as exc:
         result.error = exc.line()
         result.phase = exc.phase
         result.exit_status = exc.exit_status
+        result.collateral = isinstance(exc, Collateral)
         console.error(exc.line(), host)
     finally:
+        fleet.leave(host)
         result.seconds = loop.time() - started
     return result
 
 
-def _failure_text(host: HostSpec, plan: Plan, failed: list[tuple[int, int]], status: int) -> str:
+async def _upload(
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult, dest: str,
+    clear: bool,
+) -> None:
+    traits = await probe(conn, plan.connect_timeout)
+    entries = plan.upload.entries if plan.upload is not None else []
+    if not traits.shell:
+        if plan.commands or plan.atomic:
+            needs = "atomic releases" if plan.atomic else "commands"
+            raise DeployError(
+                f"{host.label}: the account accepts SFTP only, so {needs} cannot work; nothing was uploaded",
+                setting="atomic" if plan.atomic else "commands",
+                hint="give the user a shell, or deploy plain files without commands", phase="upload")
+        console.info("the account has no shell: uploading over SFTP", host)
+        result.upload = await upload_sftp(conn, host, plan, entries)
+    elif traits.tar == "none":
+        console.info("the server has no tar: uploading over SFTP", host)
+        result.upload = await upload_sftp(conn, host, plan, entries, dest=dest)
+    else:
+        result.upload = await upload_tar(conn, host, plan, traits, entries, dest, clear=clear)
+    upload = result.upload
+    console.info(f"uploaded {upload.files} files ({upload.bytes} bytes) to {dest} in {upload.seconds:.2f}s over "
+                 f"{upload.method}", host)
+
+
+async def _commands(
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, commands: list[str], cwd: str | None,
+    setting: str, timeout: float | None = None, label: str = "",
+) -> None:
+    if plan.debug:
+        console.info("remote script:\n" + build_script(plan, "NONCE", commands, cwd), host)
+    outcome = await run_commands(
+        conn, host, plan, commands, cwd,
+        emit=lambda line: console.output(host, label + line),
+        show_command=lambda n: console.command(host, commands[n - 1], label),
+        timeout=timeout,
+    )
+    if outcome.timed_out:
+        limit = plan.command_timeout if timeout is None else timeout
+        raise DeployError(
+            f"{host.label}: {setting} did not finish within {limit:g}s and was stopped",
+            setting="command_timeout" if setting != "healthcheck" else "healthcheck_timeout",
+            hint="raise the timeout or make the command end", phase=setting, exit_status=outcome.exit_status)
+    if outcome.exit_status != 0:
+        raise DeployError(_failure_text(host, commands, outcome.failed, outcome.exit_status, setting),
+                          setting=setting, phase=setting, exit_status=outcome.exit_status)
+
+
+async def _plain(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult) -> None:
+    if plan.upload is not None or plan.rm or plan.delete:
+        await _upload(conn, host, plan, console, result, plan.target or ".", clear=True)
+    if plan.commands:
+        await _commands(conn, host, plan, console, plan.commands, plan.target, "commands")
+
+
+async def _atomic(
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult, fleet: Fleet
+) -> None:
+    releases = ReleaseManager(conn, host, plan)
+    spec = plan.release
+    async with fleet.work:
+        await releases.lock(spec, plan.lock_timeout)
+    try:
+        await _atomic_locked(releases, conn, host, plan, console, result, fleet)
+    finally:
+        await releases.unlock()
+
+
+async def _atomic_locked(
+    releases: ReleaseManager, conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console,
+    result: HostResult, fleet: Fleet,
+) -> None:
+    spec = plan.release
+    new_id: str | None = None
+    async with fleet.work:
+        state = await releases.state()
+        leftovers = await releases.remove_leftovers(state)
+        if leftovers:
+            console.info(f"removed unfinished release{'s' if len(leftovers) > 1 else ''} {', '.join(leftovers)}",
+                         host)
+        old = state.current
+        if plan.rollback:
+            if old is None:
+                raise DeployError(f"{host.label}: there is no current release to roll back from",
+                                  setting="rollback", phase="release")
+            new_id = state.previous_good()
+            if new_id is None:
+                raise DeployError(f"{host.label}: no earlier good release to roll back to (current is {old})",
+                                  setting="rollback", phase="release")
+        else:
+            directory = await releases.create(spec)
+            new_id = spec.id
+            try:
+                if plan.upload is not None:
+                    await _upload(conn, host, plan, console, result, directory, clear=False)
+                await releases.link_shared(new_id, plan.shared)
+                if plan.commands:
+                    await _commands(conn, host, plan, console, plan.commands, directory, "commands")
+            except DeployError:
+                await _quietly(releases.discard(new_id))
+                raise
+            console.info(f"release {new_id} prepared", host)
+    fleet.arrive("prepared", host, True)
+    if not await fleet.prepared.wait():
+        if not plan.rollback:
+            await _quietly(releases.discard(new_id))
+        raise Collateral(
+            f"{host.label}: not switched, because {', '.join(fleet.prepared.failed)} failed to prepare; "
+            f"current is unchanged ({old or 'none'})", setting="host", phase="release")
+
+    problem: DeployError | None = None
+    async with fleet.work:
+        await releases.switch(new_id)
+        console.info(f"current -> {RELEASES}/{new_id} (was {old or 'none'})", host)
+        try:
+            await _after_switch(conn, host, plan, console)
+        except DeployError as exc:
+            problem = exc
+    fleet.arrive("healthy", host, problem is None)
+    all_healthy = await fleet.healthy.wait()
+    if problem is not None or not all_healthy:
+        if plan.rollback:
+            if problem is not None:
+                raise problem
+            raise Collateral(f"{host.label}: rolled back to {new_id}, but {', '.join(fleet.healthy.failed)} "
+                             "failed", phase="health")
+        async with fleet.work:
+            await releases.switch(old)
+            await _quietly(releases.mark(new_id, spec, FAILED))
+            console.info(f"current -> {f'{RELEASES}/{old}' if old else 'removed'} (switched back from {new_id})",
+                         host)
+            if old is not None and plan.post_commands:
+                await _quietly(_commands(conn, host, plan, console, plan.post_commands, releases.path(CURRENT),
+                                         "post_commands"))
+        if problem is not None:
+            problem.message += f"; switched back to {old or 'no release'}"
+            raise problem
+        raise Collateral(f"{host.label}: switched back to {old or 'no release'} because "
+                         f"{', '.join(fleet.healthy.failed)} failed after the switch", phase="health")
+    async with fleet.work:
+        if plan.rollback:
+            assert old is not None
+            await releases.mark(old, None, ROLLED_BACK)
+            console.info(f"rolled back from {old} to {new_id}", host)
+        else:
+            await releases.mark(new_id, spec, OK)
+            state.releases = [r for r in state.releases if r.id != new_id]
+            pruned = await releases.prune(state, plan.keep_releases, new_id, old)
+            if pruned:
+                console.info(f"pruned {len(pruned)} old release{'s' if len(pruned) > 1 else ''}", host)
+        result.release = new_id
+
+
+async def _after_switch(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console) -> None:
+    assert plan.target is not None
+    current = posixpath.join(plan.target, CURRENT)
+    if plan.post_commands:
+        await _commands(conn, host, plan, console, plan.post_commands, current, "post_commands")
+    if plan.healthcheck:
+        await _health(conn, host, plan, console, current)
+
+
+async def _health(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, current: str) -> None:
+    """Retry the health check until it passes or healthcheck_timeout runs out."""
+    assert plan.healthcheck is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + plan.healthcheck_timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = max(1.0, deadline - loop.time())
+        try:
+            await _commands(conn, host, plan, console, [plan.healthcheck], current, "healthcheck",
+                            timeout=remaining, label="health: ")
+            console.info(f"health check passed (attempt {attempt})", host)
+            return
+        except DeployError as exc:
+            if loop.time() + 2 >= deadline:
+                exc.message = f"{host.label}: health check failed after {attempt} attempts: " + \
+                    exc.message.removeprefix(f"{host.label}: ")
+                exc.setting = "healthcheck"
+                raise
+        await asyncio.sleep(2)
+
+
+async def _quietly(awaitable: object) -> None:
+    """Clean-up that must not hide the error that caused it."""
+    with contextlib.suppress(DeployError, OSError, asyncio.TimeoutError):
+        await awaitable  # type: ignore[misc]
+
+
+def _failure_text(host: HostSpec, commands: list[str], failed: list[tuple[int, int]], status: int,
+                  setting: str) -> str:
     if not failed:
-        return f"{host.label}: the commands exited with status {status}"
+        return f"{host.label}: {setting} exited with status {status}"
     parts = []
     for number, code in failed:
-        first_line = plan.commands[number - 1].strip().split("\n")[0]
+        first_line = commands[number - 1].strip().split("\n")[0]
         if len(first_line) > 60:
             first_line = first_line[:57] + "..."
-        parts.append(f"command {number} `{first_line}` exited with status {code}")
+        what = "command" if setting == "commands" else setting.replace("_", " ").rstrip("s")
+        parts.append(f"{what} {number} `{first_line}` exited with status {code}")
     return f"{host.label}: " + "; ".join(parts)
+

@@ -70,6 +70,20 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("envs", "list", "names to export in the remote shell (a setting's value, else the environment "
             "variable's), or all", group="commands"),
     Setting("request_pty", "bool", "run the commands in a pseudo-terminal", "false", group="commands"),
+    # Atomic releases
+    Setting("atomic", "bool", "deploy as a new release in target/releases/<id> and switch target/current to it "
+            "at once", "false", group="releases"),
+    Setting("keep_releases", "int", "how many releases to keep on each host", "5", group="releases"),
+    Setting("shared", "list", "paths kept across releases in target/shared/ and linked into each release "
+            "(end a directory with /)", group="releases"),
+    Setting("post_commands", "commands", "commands run in target/current after the switch", group="releases"),
+    Setting("healthcheck", "str", "a command run after the switch; non-zero means the release is bad",
+            group="releases"),
+    Setting("healthcheck_timeout", "duration", "how long to retry the health check", "60s", group="releases"),
+    Setting("rollback", "bool", "instead of deploying, switch back to the previous good release", "false",
+            group="releases"),
+    Setting("lock_timeout", "duration", "how long to wait for another deploy of the same target", "2m",
+            group="releases"),
     # How
     Setting("parallel", "bool", "deploy to all hosts at once", "true", group="behaviour"),
     Setting("sync", "bool", "drone-ssh's name: sync: true means parallel: false", group="behaviour"),

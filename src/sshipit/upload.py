@@ -154,7 +154,9 @@ async def upload_tar(
     return stats
 
 
-async def upload_sftp(conn: SSHClientConnection, host: HostSpec, plan: Plan, entries: list[Entry]) -> UploadStats:
+async def upload_sftp(
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, entries: list[Entry], dest: str | None = None
+) -> UploadStats:
     """The fallback for accounts that allow SFTP only: many files in flight, each with pipelined requests."""
     import asyncssh
 
@@ -162,7 +164,7 @@ async def upload_sftp(conn: SSHClientConnection, host: HostSpec, plan: Plan, ent
     loop = asyncio.get_running_loop()
     started = loop.time()
     stats = UploadStats("sftp")
-    root = plan.target
+    root = dest or plan.target
     try:
         async with conn.start_sftp_client() as sftp:
             await sftp.makedirs(root, exist_ok=True)
@@ -197,7 +199,7 @@ async def upload_sftp(conn: SSHClientConnection, host: HostSpec, plan: Plan, ent
                                    asyncssh.SFTPAttrs(permissions=entry.mode, atime=entry.mtime, mtime=entry.mtime))
     except asyncssh.SFTPError as exc:
         reason = exc.reason or str(exc)
-        raise explain_remote_failure(host, plan.target, reason, "SFTP upload") from None
+        raise explain_remote_failure(host, root, reason, "SFTP upload") from None
     except (OSError, asyncssh.Error) as exc:
         raise DeployError(f"{host.label}: SFTP upload failed: {exc}", setting="target", phase="upload") from None
     stats.files = sum(1 for e in entries if e.kind == "file")
