@@ -13,18 +13,18 @@
 
 FROM python:3.11-slim AS build
 
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/sshipit
+
+# pyproject.toml, README.md and src/ only (see .dockerignore).
+COPY . /build/
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
 ARG PIP_TRUSTED_HOST
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-
-RUN python -m venv /opt/sshipit
-# pyproject.toml, README.md and src/ only (see .dockerignore).
-COPY . /build/
 RUN /opt/sshipit/bin/pip install /build \
  && /opt/sshipit/bin/sshipit --help >/dev/null \
  && /opt/sshipit/bin/pip uninstall --yes pip setuptools wheel

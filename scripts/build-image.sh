@@ -13,7 +13,7 @@
 # Uses $DOCKER_HOST if set (and fails if it does not answer), else starts or reuses the private engine
 # of scripts/docker-engine.sh.
 # Environment: SSHIPIT_BUILDER=buildkit (default, Debian's /usr/bin/docker) or legacy (DOCKER_BUILDKIT=0);
-# SSHIPIT_WHEELHOUSE (default /var/lib/sshipit-ci/wheelhouse).
+# SSHIPIT_WHEELHOUSE (default /var/lib/sshipit-ci/wheelhouse); SSHIPIT_REFRESH_WHEELS=1 to re-resolve online.
 # Progress goes to stderr; the last stdout line is `IMAGE <tag> <size in bytes>`.
 set -euo pipefail
 
@@ -48,12 +48,29 @@ EOF
 # Wheels for the image's Python (from the Dockerfile's FROM python:X.Y...), on this machine's platform.
 pyver=$(sed -n 's/^FROM python:\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' "$REPO/Dockerfile" | head -n 1)
 log "downloading wheels for Python ${pyver:-?} into $WHEELHOUSE: ${reqs[*]}"
-"$PY" -m pip download --quiet --only-binary=:all: ${pyver:+--python-version "$pyver"} \
-    --dest "$WHEELHOUSE" "${reqs[@]}" >&2 \
-    || die "pip download failed"
+dl=("$PY" -m pip download --quiet --only-binary=:all: ${pyver:+--python-version "$pyver"} --dest "$WHEELHOUSE")
+# Offline first: a wheelhouse that already satisfies every requirement is reused as it is (delete it,
+# or set SSHIPIT_REFRESH_WHEELS=1, to pick up new releases).
+if [ -n "${SSHIPIT_REFRESH_WHEELS:-}" ] \
+    || ! "${dl[@]}" --no-index --find-links "$WHEELHOUSE" "${reqs[@]}" >/dev/null 2>&1; then
+    "${dl[@]}" "${reqs[@]}" >&2 || die "pip download failed"
+fi
 
 # --- 2. serve it on loopback for the build ---------------------------------------------------------
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A stable port when free: the URL is a build arg, and build args are part of Docker's cache key.
+PORT=$("$PY" - <<'EOF'
+import socket
+for port in [*range(47631, 47641), 0]:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+EOF
+)
 "$PY" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$PORT" </dev/null >/dev/null 2>&1 &
 HTTP_PID=$!
 trap 'kill "$HTTP_PID" 2>/dev/null || true' EXIT
@@ -69,7 +86,7 @@ case "${SSHIPIT_BUILDER:-buildkit}" in
     legacy) export DOCKER_BUILDKIT=0 ;;
     *) die "SSHIPIT_BUILDER must be buildkit or legacy" ;;
 esac
-log "building $TAG (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
+log "building $TAG (DOCKER_BUILDKIT=$DOCKER_BUILDKIT, wheelhouse served at http://127.0.0.1:$PORT/)"
 start=$(date +%s%N)
 "$DOCKER" build --network=host --progress=plain \
     --build-arg PIP_NO_INDEX=1 \

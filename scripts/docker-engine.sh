@@ -66,7 +66,7 @@ start_dockerd() {
     local pid=$! i
     for i in $(seq 1 120); do
         engine_up && return 0
-        kill -0 "$pid" 2>/dev/null || break
+        kill -0 "$pid" 2>/dev/null || { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; } || break
         sleep 0.5
     done
     kill -TERM "$pid" 2>/dev/null || true
