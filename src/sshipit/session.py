@@ -82,27 +82,22 @@ class Collateral(DeployError):
 
 
 async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet | None = None) -> HostResult:
+    import asyncssh
+
     fleet = fleet or single_fleet(True, 1)
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = HostResult(host=host, ok=False, seconds=0.0)
     try:
-        async with fleet.work:
-            if plan.atomic and fleet.prepared.failed:
-                raise Collateral(f"{host.label}: not attempted: {', '.join(fleet.prepared.failed)} failed first",
-                                 phase="connect")
-            connected = await connect(host, plan)
-        for warning in connected.warnings:
-            console.warn(warning, host)
-        console.info(f"connected to {host.hostname}:{host.port} as {host.username} in {connected.seconds:.2f}s"
-                     f"{' (host key verified)' if connected.pinned else ''}", host)
-        async with connected.conn as conn:
-            if plan.atomic:
-                await _atomic(conn, host, plan, console, result, fleet)
-            else:
-                async with fleet.work:
-                    await _plain(conn, host, plan, console, result)
-        result.ok = True
+        try:
+            await _deploy_host(host, plan, console, fleet, result)
+        except (TimeoutError, asyncssh.Error, OSError) as exc:
+            # A stage met a dead connection outside its own error handling: say where, not how.
+            what = f"{type(exc).__name__}: {exc}" if plan.debug else "the connection was lost"
+            raise DeployError(f"{host.label}: {what} during {result.phase or 'the deploy'}", setting="host",
+                              hint="check the network and the server; running the deploy again is safe"
+                              if plan.atomic else "check the network and the server, then deploy again",
+                              phase=result.phase) from exc
     except DeployError as exc:
         result.error = exc.line()
         result.phase = exc.phase
@@ -115,10 +110,31 @@ async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet
     return result
 
 
+async def _deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet, result: HostResult) -> None:
+    result.phase = "connect"
+    async with fleet.work:
+        if plan.atomic and fleet.prepared.failed:
+            raise Collateral(f"{host.label}: not attempted: {', '.join(fleet.prepared.failed)} failed first",
+                             phase="connect")
+        connected = await connect(host, plan)
+    for warning in connected.warnings:
+        console.warn(warning, host)
+    console.info(f"connected to {host.hostname}:{host.port} as {host.username} in {connected.seconds:.2f}s"
+                 f"{' (host key verified)' if connected.pinned else ''}", host)
+    async with connected.conn as conn:
+        if plan.atomic:
+            await _atomic(conn, host, plan, console, result, fleet)
+        else:
+            async with fleet.work:
+                await _plain(conn, host, plan, console, result)
+    result.ok = True
+
+
 async def _upload(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult, dest: str,
     clear: bool,
 ) -> None:
+    result.phase = "upload"
     traits = await probe(conn, plan.connect_timeout)
     entries = plan.upload.entries if plan.upload is not None else []
     if not traits.shell:
@@ -167,6 +183,7 @@ async def _plain(conn: SSHClientConnection, host: HostSpec, plan: Plan, console:
     if plan.upload is not None or plan.rm or plan.delete:
         await _upload(conn, host, plan, console, result, plan.target or ".", clear=True)
     if plan.commands:
+        result.phase = "commands"
         await _commands(conn, host, plan, console, plan.commands, plan.target, "commands")
 
 
@@ -175,6 +192,7 @@ async def _atomic(
 ) -> None:
     releases = ReleaseManager(conn, host, plan)
     spec = plan.release
+    result.phase = "release"
     async with fleet.work:
         await releases.lock(spec, plan.lock_timeout)
     try:
@@ -210,8 +228,10 @@ async def _atomic_locked(
             try:
                 if plan.upload is not None:
                     await _upload(conn, host, plan, console, result, directory, clear=False)
+                result.phase = "release"
                 await releases.link_shared(new_id, plan.shared)
                 if plan.commands:
+                    result.phase = "commands"
                     await _commands(conn, host, plan, console, plan.commands, directory, "commands")
             except DeployError:
                 await _quietly(releases.discard(new_id))
@@ -226,6 +246,7 @@ async def _atomic_locked(
             f"current is unchanged ({old or 'none'})", setting="host", phase="release")
 
     problem: DeployError | None = None
+    result.phase = "switch"
     async with fleet.work:
         await releases.switch(new_id)
         console.info(f"current -> {RELEASES}/{new_id} (was {old or 'none'})", host)
