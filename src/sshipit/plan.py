@@ -92,6 +92,9 @@ class Plan:
     command_timeout: float
     exports: list[tuple[str, str]]
     request_pty: bool
+    incremental: bool
+    prune: bool
+    compress: str
     atomic: bool
     rollback: bool
     keep_releases: int
@@ -375,6 +378,9 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         warnings.append("rm and delete are ignored with atomic: true (every release starts empty)")
         rm, delete = False, []
     keep_releases = values.number("keep_releases", minimum=1, maximum=1000)
+    compress = (values.text("compress") or "auto").strip().lower()
+    if compress not in ("auto", "zstd", "gzip", "none"):
+        raise SettingsError(f"compress: {compress!r} is not one of auto, zstd, gzip, none", setting="compress")
     if not upload and not commands and not rm and not delete and not rollback:
         raise SettingsError("nothing to do: no sources and no commands", setting="sources",
                             hint="set sources and target to upload, commands to run, or both")
@@ -400,6 +406,9 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         command_timeout=values.duration("command_timeout"),
         exports=exports,
         request_pty=values.flag("request_pty"),
+        incremental=values.flag("incremental"),
+        prune=values.flag("prune"),
+        compress=compress,
         atomic=atomic or rollback,
         rollback=rollback,
         keep_releases=keep_releases,

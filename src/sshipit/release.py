@@ -112,8 +112,11 @@ class ReleaseManager:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.target, *parts)
 
-    async def _run(self, command: str, what: str, timeout: float = 60) -> str:
-        result = await capture(self.conn, command, timeout)
+    def manifest_path(self, release_id: str) -> str:
+        return self.path(STATE, "manifests", release_id + ".json")
+
+    async def _run(self, command: str, what: str, timeout: float = 60, stdin: bytes = b"") -> str:
+        result = await capture(self.conn, command, timeout, stdin=stdin)
         if result.exit_status != 0:
             from sshipit.upload import explain_remote_failure
 
@@ -207,21 +210,31 @@ class ReleaseManager:
         """Releases a crashed deploy left half-made (never the live one)."""
         doomed = [r.id for r in state.releases if r.result in (PREPARING, "") and r.id != state.current]
         if doomed:
-            paths = " ".join(shell_path(self.path(RELEASES, name)) for name in doomed)
+            paths = " ".join(f"{shell_path(self.path(RELEASES, n))} {shell_path(self.manifest_path(n))}"
+                             for n in doomed)
             await self._run(f"rm -rf -- {paths}", "removing unfinished releases")
             state.releases = [r for r in state.releases if r.id not in doomed]
         return doomed
 
     # ------------------------------------------------------------------------------------------------ prepare
 
-    async def create(self, spec: ReleaseSpec) -> str:
+    async def create(self, spec: ReleaseSpec, seed: str | None = None, removals: list[str] | None = None) -> str:
+        """Make the release directory; with `seed`, start it as a copy of that release minus `removals`.
+
+        A copy, not hard links: the new release's commands may rewrite files in place, and the live release
+        must stay byte for byte as it is. Copy-on-write clones are used where the file system has them.
+        """
         directory = self.path(RELEASES, spec.id)
-        await self._run(
-            f"mkdir -p -- {shell_path(self.path(RELEASES))} {shell_path(self.path(SHARED))} && "
-            f"mkdir -- {shell_path(directory)} && "
-            f"printf '%s\\n' {quote(spec.metadata(PREPARING))} > {shell_path(posixpath.join(directory, META))}",
-            "creating the release directory",
-        )
+        d = shell_path(directory)
+        steps = [f"mkdir -p -- {shell_path(self.path(RELEASES))} {shell_path(self.path(SHARED))}", f"mkdir -- {d}"]
+        if seed is not None:
+            source = shell_path(self.path(RELEASES, seed) + "/.")
+            steps.append(f"{{ cp -a --reflink=auto -- {source} {d}/ 2>/dev/null || cp -a -- {source} {d}/; }}")
+            steps.append(f"( cd -- {d} && xargs -0 rm -rf -- )")
+        meta = shell_path(posixpath.join(directory, META))
+        steps.append(f"printf '%s\\n' {quote(spec.metadata(PREPARING))} > {meta}")
+        stdin = "".join(f"./{path}\0" for path in removals or []).encode("utf-8", "surrogateescape")
+        await self._run(" && ".join(steps), "creating the release directory", timeout=600, stdin=stdin)
         return directory
 
     async def mark(self, release_id: str, spec: ReleaseSpec | None, result: str) -> None:
@@ -259,7 +272,8 @@ class ReleaseManager:
         await self._run(" && ".join(steps), "linking shared paths")
 
     async def discard(self, release_id: str) -> None:
-        await self._run(f"rm -rf -- {shell_path(self.path(RELEASES, release_id))}", "removing the release")
+        await self._run(f"rm -rf -- {shell_path(self.path(RELEASES, release_id))} "
+                        f"{shell_path(self.manifest_path(release_id))}", "removing the release")
 
     # ------------------------------------------------------------------------------------------------- switch
 
@@ -282,6 +296,7 @@ class ReleaseManager:
         names.sort()
         doomed = [n for n in names[: max(0, len(names) - keep)] if n not in (live, previous)]
         if doomed:
-            paths = " ".join(shell_path(self.path(RELEASES, n)) for n in doomed)
+            paths = " ".join(f"{shell_path(self.path(RELEASES, n))} {shell_path(self.manifest_path(n))}"
+                             for n in doomed)
             await self._run(f"rm -rf -- {paths}", "pruning old releases")
         return doomed

@@ -20,11 +20,20 @@ from typing import TYPE_CHECKING
 from sshipit.commands import build_script, run_commands
 from sshipit.connect import connect
 from sshipit.errors import DeployError
+from sshipit.manifest import (
+    Manifest,
+    compare,
+    plain_manifest_key,
+    read_server,
+    seed_removals,
+    user_manifest_path,
+    write_manifest,
+)
 from sshipit.plan import HostSpec, Plan
 from sshipit.release import CURRENT, FAILED, OK, RELEASES, ROLLED_BACK, ReleaseManager
 from sshipit.remote import probe
-from sshipit.report import Console, HostResult
-from sshipit.upload import upload_sftp, upload_tar
+from sshipit.report import Console, HostResult, human_bytes
+from sshipit.upload import UploadStats, remove_paths, upload_sftp, upload_tar
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
@@ -132,28 +141,69 @@ async def _deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Flee
 
 async def _upload(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult, dest: str,
-    clear: bool,
-) -> None:
+    releases: ReleaseManager | None = None, live: str | None = None,
+) -> str:
+    """Send what must travel; returns the directory it went into (for atomic deploys, the new release)."""
     result.phase = "upload"
     traits = await probe(conn, plan.connect_timeout)
     entries = plan.upload.entries if plan.upload is not None else []
-    if not traits.shell:
-        if plan.commands or plan.atomic:
-            needs = "atomic releases" if plan.atomic else "commands"
+    if not traits.shell or (traits.tar == "none" and releases is not None):
+        if plan.commands or releases is not None:
+            needs = "atomic releases" if releases is not None else "commands"
+            lack = "accepts SFTP only" if not traits.shell else "has no tar"
             raise DeployError(
-                f"{host.label}: the account accepts SFTP only, so {needs} cannot work; nothing was uploaded",
-                setting="atomic" if plan.atomic else "commands",
-                hint="give the user a shell, or deploy plain files without commands", phase="upload")
+                f"{host.label}: the account {lack}, so {needs} cannot work; nothing was uploaded",
+                setting="atomic" if releases is not None else "commands",
+                hint="give the user a shell with tar, or deploy plain files without commands", phase="upload")
         console.info("the account has no shell: uploading over SFTP", host)
         result.upload = await upload_sftp(conn, host, plan, entries)
-    elif traits.tar == "none":
+        _report_upload(console, host, result.upload, dest)
+        return dest
+    if traits.tar == "none":
         console.info("the server has no tar: uploading over SFTP", host)
         result.upload = await upload_sftp(conn, host, plan, entries, dest=dest)
+        _report_upload(console, host, result.upload, dest)
+        return dest
+
+    # Incremental: compare with the manifest of what is there (the live release, for atomic deploys).
+    view = None
+    if releases is not None:
+        if live is not None and plan.incremental:
+            view = await read_server(conn, releases.path(RELEASES, live), releases.manifest_path(live),
+                                     plan.connect_timeout)
+    elif (plan.incremental or plan.prune) and not plan.rm:
+        view = await read_server(conn, dest, user_manifest_path(plain_manifest_key(dest)), plan.connect_timeout)
+    delta = compare(entries, view, plan.delete if releases is None else ())
+    send = delta.send if plan.incremental else entries
+    if releases is not None:
+        seeded = view is not None and view.manifest is not None
+        removals = seed_removals(entries, delta, view) if seeded and view is not None else None
+        dest = await releases.create(plan.release, seed=live if seeded else None, removals=removals)
+        manifest_path = releases.manifest_path(plan.release.id)
     else:
-        result.upload = await upload_tar(conn, host, plan, traits, entries, dest, clear=clear)
-    upload = result.upload
-    console.info(f"uploaded {upload.files} files ({upload.bytes} bytes) to {dest} in {upload.seconds:.2f}s over "
-                 f"{upload.method}", host)
+        manifest_path = user_manifest_path(plain_manifest_key(dest))
+    hashes = dict(delta.hashes)
+    stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes)
+    if plan.incremental:
+        stats.skipped_files, stats.skipped_bytes = delta.skipped_files, delta.skipped_bytes
+    if releases is None and plan.prune and delta.stale:
+        await remove_paths(conn, host, dest, delta.stale)
+        stats.removed = len(delta.stale)
+    # Written before any command runs: a command that edits an uploaded file then shows up as changed.
+    await write_manifest(conn, manifest_path, Manifest.of(entries, hashes), plan.connect_timeout)
+    result.upload = stats
+    _report_upload(console, host, stats, dest)
+    return dest
+
+
+def _report_upload(console: Console, host: HostSpec, stats: UploadStats, dest: str) -> None:
+    text = (f"uploaded {stats.files} files ({human_bytes(stats.bytes)}) to {dest} in {stats.seconds:.2f}s over "
+            f"{stats.method}")
+    if stats.skipped_files:
+        text += f"; {stats.skipped_files} unchanged files ({human_bytes(stats.skipped_bytes)}) not sent"
+    if stats.removed:
+        text += f"; pruned {stats.removed} stale files"
+    console.info(text, host)
 
 
 async def _commands(
@@ -181,7 +231,7 @@ async def _commands(
 
 async def _plain(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult) -> None:
     if plan.upload is not None or plan.rm or plan.delete:
-        await _upload(conn, host, plan, console, result, plan.target or ".", clear=True)
+        await _upload(conn, host, plan, console, result, plan.target or ".")
     if plan.commands:
         result.phase = "commands"
         await _commands(conn, host, plan, console, plan.commands, plan.target, "commands")
@@ -223,11 +273,12 @@ async def _atomic_locked(
                 raise DeployError(f"{host.label}: no earlier good release to roll back to (current is {old})",
                                   setting="rollback", phase="release")
         else:
-            directory = await releases.create(spec)
             new_id = spec.id
             try:
                 if plan.upload is not None:
-                    await _upload(conn, host, plan, console, result, directory, clear=False)
+                    directory = await _upload(conn, host, plan, console, result, "", releases=releases, live=old)
+                else:
+                    directory = await releases.create(spec)
                 result.phase = "release"
                 await releases.link_shared(new_id, plan.shared)
                 if plan.commands:

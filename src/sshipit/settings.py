@@ -60,6 +60,11 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("rm", "bool", "empty the target's contents (never the directory itself) before upload", "false",
             group="upload"),
     Setting("delete", "list", "paths relative to target to remove before upload", group="upload"),
+    Setting("incremental", "bool", "send only files whose content differs from what the server holds (by a "
+            "manifest of the last deploy, checked against the server)", "true", group="upload"),
+    Setting("prune", "bool", "remove files an earlier deploy uploaded that are no longer among the sources",
+            "false", group="upload"),
+    Setting("compress", "str", "compress the upload stream: auto, zstd, gzip or none", "auto", group="upload"),
     # What we run
     Setting("commands", "commands", "commands run in one remote shell in target, or one block of script",
             aliases=("script",), group="commands"),

@@ -9,6 +9,7 @@ SFTP-only accounts, which uploads over SFTP with many requests in flight. Also o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -32,10 +33,13 @@ _BLOCK = tarfile.BLOCKSIZE
 @dataclass
 class UploadStats:
     method: str  # tar or sftp
-    files: int = 0
-    bytes: int = 0  # file content bytes
+    files: int = 0  # files sent
+    bytes: int = 0  # file content bytes sent
     wire_bytes: int = 0  # bytes of the stream (tar headers and padding included)
     seconds: float = 0.0
+    skipped_files: int = 0  # unchanged, not sent
+    skipped_bytes: int = 0
+    removed: int = 0  # stale files pruned
 
 
 def clear_commands(_target: str, rm: bool, delete: list[str]) -> list[str]:
@@ -65,13 +69,17 @@ def tar_header(entry: Entry) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
-def tar_stream(entries: list[Entry]) -> Iterator[bytes]:
-    """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error."""
+def tar_stream(entries: list[Entry], hashes: dict[str, str] | None = None) -> Iterator[bytes]:
+    """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error.
+
+    With `hashes`, each file's SHA-256 is computed on the way (it is read anyway) for the next manifest.
+    """
     pending = bytearray()
     for entry in entries:
         pending += tar_header(entry)
         if entry.kind == "file":
             remaining = entry.size
+            digest = hashlib.sha256() if hashes is not None else None
             with open(entry.local, "rb") as handle:
                 while remaining:
                     piece = handle.read(min(CHUNK, remaining))
@@ -79,11 +87,15 @@ def tar_stream(entries: list[Entry]) -> Iterator[bytes]:
                         raise DeployError(f"{entry.local} shrank while it was being uploaded", setting="sources",
                                           hint="do not change build output during the deploy", phase="upload")
                     remaining -= len(piece)
+                    if digest is not None:
+                        digest.update(piece)
                     pending += piece
                     if len(pending) >= CHUNK:
                         yield bytes(pending)
                         pending.clear()
             pending += b"\0" * (-entry.size % _BLOCK)
+            if digest is not None and hashes is not None:
+                hashes[entry.name] = digest.hexdigest()
         if len(pending) >= CHUNK:
             yield bytes(pending)
             pending.clear()
@@ -112,7 +124,7 @@ def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) 
 
 async def upload_tar(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry], dest: str,
-    clear: bool = True,
+    clear: bool = True, hashes: dict[str, str] | None = None,
 ) -> UploadStats:
     """Stream `entries` into `dest` (created if missing); with `clear`, apply rm/delete there first."""
     import asyncssh
@@ -129,7 +141,7 @@ async def upload_tar(
     broken: BaseException | None = None
     try:
         if entries:
-            for chunk in tar_stream(entries):
+            for chunk in tar_stream(entries, hashes):
                 process.stdin.write(chunk)
                 stats.wire_bytes += len(chunk)
                 await process.stdin.drain()
@@ -220,3 +232,15 @@ async def _sftp_remove(sftp: object, path: str) -> None:
             await client.remove(path)  # type: ignore[attr-defined]
     except asyncssh.SFTPNoSuchFile:
         pass
+
+
+async def remove_paths(conn: SSHClientConnection, host: HostSpec, dest: str, paths: list[str]) -> None:
+    """Remove files (never directories) below `dest`; the names travel on stdin, NUL-separated."""
+    from sshipit.remote import capture
+
+    if not paths:
+        return
+    names = "".join(f"./{path}\0" for path in paths).encode("utf-8", "surrogateescape")
+    result = await capture(conn, f"cd -- {shell_path(dest)} && xargs -0 rm -f --", 600, stdin=names)
+    if result.exit_status != 0:
+        raise explain_remote_failure(host, dest, result.stderr, "prune")

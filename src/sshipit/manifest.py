@@ -1,0 +1,190 @@
+"""Incremental upload: what the last deploy left on the server, and what must travel now.
+
+After each upload the server keeps a manifest (path -> size, mode, SHA-256; symlink -> destination). The next
+deploy reads it together with the server's real state in one round trip: which paths exist, and which were
+changed since the manifest was written (`find -cnewer`: ctime moves on any edit, chmod or replacement, and tar
+cannot fake it). A local file is skipped only when the manifest holds the same size, mode and content hash and
+the server's copy is present and untouched. Anything unclear (no manifest, an unreadable one, `rm`) means a
+full upload: never a wrong one.
+
+Where manifests live: plain deploys keep theirs outside the target, in the login's ~/.cache/sshipit/ (a target
+is often a web root, and a manifest there would publish the file list); atomic deploys keep one per release in
+target/.sshipit/manifests/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sshipit.remote import capture
+from sshipit.rules import shell_path
+from sshipit.sources import Entry
+
+if TYPE_CHECKING:
+    from asyncssh import SSHClientConnection
+
+VERSION = 1
+_SEP = "\0--sshipit--\0"
+
+
+def file_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Manifest:
+    files: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # path -> (size, mode, sha256)
+    links: dict[str, str] = field(default_factory=dict)  # path -> symlink destination
+
+    def dumps(self) -> str:
+        return json.dumps({"version": VERSION, "files": self.files, "links": self.links}, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str) -> Manifest | None:
+        try:
+            data = json.loads(text)
+            if data.get("version") != VERSION:
+                return None
+            files = {str(p): (int(v[0]), int(v[1]), str(v[2])) for p, v in data["files"].items()}
+            links = {str(p): str(v) for p, v in data["links"].items()}
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return None
+        return cls(files, links)
+
+    @classmethod
+    def of(cls, entries: list[Entry], hashes: dict[str, str]) -> Manifest:
+        manifest = cls()
+        for entry in entries:
+            if entry.kind == "file" and entry.name in hashes:
+                manifest.files[entry.name] = (entry.size, entry.mode, hashes[entry.name])
+            elif entry.kind == "symlink":
+                manifest.links[entry.name] = entry.link
+        return manifest
+
+
+@dataclass
+class ServerView:
+    """The server's side of the comparison, read in one round trip."""
+
+    manifest: Manifest | None
+    present: set[str]  # files and symlinks that exist
+    dirs: set[str]
+    touched: set[str]  # changed since the manifest was written
+    exists: bool  # the directory itself exists
+
+
+def plain_manifest_key(target: str) -> str:
+    return hashlib.sha256(target.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def user_manifest_path(directory_key: str) -> str:
+    """Where a plain deploy's manifest lives on the server (relative to the login's home)."""
+    return posixpath.join(".cache", "sshipit", "manifests", directory_key + ".json")
+
+
+async def read_server(conn: SSHClientConnection, directory: str, manifest_path: str, timeout: float) -> ServerView:
+    """Read the manifest and list what is in `directory` now, in one command."""
+    d, m = shell_path(directory), shell_path(manifest_path)
+    types = r"\( -type f -o -type l \)"
+    script = (
+        f"if ! cd -- {d} 2>/dev/null; then echo absent; exit 0; fi; echo present; "
+        f"cat -- {m} 2>/dev/null; printf '{_sep_printf()}'; "
+        f"find . {types} -print0; printf '{_sep_printf()}'; "
+        f"find . -type d -print0; printf '{_sep_printf()}'; "
+        f"if [ -f {m} ]; then find . {types} -cnewer {m} -print0 2>/dev/null || "
+        f"find . {types} -newer {m} -print0; fi"
+    )
+    result = await capture(conn, script, timeout)
+    text = result.stdout
+    head, _, rest = text.partition("\n")
+    if head.strip() != "present" or result.exit_status != 0:
+        return ServerView(None, set(), set(), set(), exists=False)
+    parts = rest.split(_SEP)
+    if len(parts) != 4:
+        return ServerView(None, set(), set(), set(), exists=True)
+    manifest_text, files, dirs, touched = parts
+
+    def names(block: str) -> set[str]:
+        return {posixpath.normpath(n) for n in block.split("\0") if n and n != "."}
+
+    return ServerView(Manifest.loads(manifest_text) if manifest_text.strip() else None,
+                      names(files), names(dirs), names(touched), exists=True)
+
+
+def _sep_printf() -> str:
+    return _SEP.replace("\0", "\\000")
+
+
+@dataclass
+class Delta:
+    send: list[Entry]  # what goes into the tar stream
+    skipped_files: int = 0
+    skipped_bytes: int = 0
+    hashes: dict[str, str] = field(default_factory=dict)  # hashes computed while deciding
+    stale: list[str] = field(default_factory=list)  # uploaded earlier, no longer among the sources
+
+
+def compare(entries: list[Entry], view: ServerView | None, removed: tuple[str, ...] | list[str] = ()) -> Delta:
+    """Decide what must be sent. `removed` are paths (delete settings) that vanish before the upload."""
+    if view is None or view.manifest is None:
+        return Delta(send=list(entries))
+    manifest = view.manifest
+
+    def gone(path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") for r in removed)
+
+    delta = Delta(send=[])
+    names = set()
+    for entry in entries:
+        names.add(entry.name)
+        on_server = entry.name in view.present and entry.name not in view.touched and not gone(entry.name)
+        if entry.kind == "dir":
+            if entry.name not in view.dirs or gone(entry.name):
+                delta.send.append(entry)
+            continue
+        if entry.kind == "symlink":
+            if not (on_server and manifest.links.get(entry.name) == entry.link):
+                delta.send.append(entry)
+            continue
+        known = manifest.files.get(entry.name)
+        if on_server and known is not None and known[0] == entry.size and known[1] == entry.mode:
+            digest = file_hash(str(entry.local))
+            delta.hashes[entry.name] = digest
+            if digest == known[2]:
+                delta.skipped_files += 1
+                delta.skipped_bytes += entry.size
+                continue
+        delta.send.append(entry)
+    delta.stale = sorted(p for p in [*manifest.files, *manifest.links] if p not in names and p in view.present)
+    return delta
+
+
+def seed_removals(entries: list[Entry], delta: Delta, view: ServerView) -> list[str]:
+    """What to delete from a copy of the live release so that only its unchanged source files remain."""
+    sent = {e.name for e in delta.send if e.kind != "dir"}
+    keep = {e.name for e in entries if e.kind != "dir" and e.name not in sent}
+    needed_dirs = {e.name for e in entries if e.kind == "dir"}
+    for entry in entries:
+        parent = posixpath.dirname(entry.name)
+        while parent and parent not in needed_dirs:
+            needed_dirs.add(parent)
+            parent = posixpath.dirname(parent)
+    doomed_dirs = sorted(d for d in view.dirs if d not in needed_dirs)
+    doomed = [p for p in view.present if p not in keep and not any(p.startswith(d + "/") for d in doomed_dirs)]
+    return sorted(doomed) + doomed_dirs
+
+
+async def write_manifest(conn: SSHClientConnection, path: str, manifest: Manifest, timeout: float) -> None:
+    """Store the manifest atomically (write aside, rename). Failing here only costs the next deploy a full upload."""
+    target = shell_path(path)
+    parent = shell_path(posixpath.dirname(path) or ".")
+    await capture(conn, f"mkdir -p -- {parent} && cat > {target}.tmp.$$ && mv -f -- {target}.tmp.$$ {target}",
+                  timeout, stdin=manifest.dumps().encode())
