@@ -142,7 +142,8 @@ class TestRollback:
             result = deploy(run_sshipit, server, keys["ed25519"], remote_dir)
             assert result.returncode == 0, result
             ids.append(current(remote_dir))
-        first = deploy(run_sshipit, server, keys["ed25519"], remote_dir, "rollback", post_commands="cat dist/index.html")
+        first = deploy(run_sshipit, server, keys["ed25519"], remote_dir, "rollback",
+                       post_commands="cat dist/index.html")
         assert first.returncode == 0, first
         assert current(remote_dir) == ids[1] and "$ cat dist/index.html" in first.stdout
         assert result_of(remote_dir, ids[2]) == "rolled-back"

@@ -1,20 +1,27 @@
-"""Opening the one SSH connection a host gets: host key policy, authentication, and clear errors.
+"""Opening the one SSH connection a host gets: jump hosts, host key policy, authentication, retries, clear errors.
 
 Owns: asyncssh connection options (AES-GCM first, no ~/.ssh/config, no default key files, never writing a
-known_hosts file), host key verification against `fingerprint` / `known_hosts` before authentication, and the
-translation of every connect failure into one `DeployError` line naming the host and the setting to check.
-The connection returned here is the only one a host session uses.
+known_hosts file), host key verification against `fingerprint` / `known_hosts` before authentication, the
+jump host chain (direct-tcpip channels over the hops' own SSH connections, opened once per deploy and shared by
+every target), retries with backoff for transient errors, and the translation of every connect failure into one
+`DeployError` line naming the host (or the hop) and the setting to check. The connection returned here is the
+only one a host session uses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import random
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sshipit.errors import DeployError
-from sshipit.plan import HostSpec, Plan
+from sshipit.plan import Credentials, HostKeyPolicy, HostSpec, JumpHop, Plan
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection, SSHKey
@@ -31,6 +38,9 @@ _FAMILIES: list[tuple[str, list[str]]] = [
     ("rsa", ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]),
 ]
 
+BACKOFF_FIRST = 1.0  # seconds before the second attempt; doubled for each further one
+BACKOFF_MAX = 30.0
+
 
 @dataclass
 class Connected:
@@ -43,6 +53,30 @@ class Connected:
     @property
     def fingerprint(self) -> str:
         return self.host_key.get_fingerprint("sha256")
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """One SSH server to open a connection to: a target, or a hop of the jump chain."""
+
+    host: HostSpec
+    credentials: Credentials
+    host_keys: HostKeyPolicy
+    jump: bool  # a hop: errors say "jump host X" and name the proxy settings
+    pin_setting: str = "fingerprint / known_hosts"
+
+    @property
+    def name(self) -> str:
+        return f"jump host {self.host.label}" if self.jump else self.host.label
+
+
+class _Failure(DeployError):
+    """A failed connection attempt; `transient` ones (refused, reset, timed out) are worth another try."""
+
+    def __init__(self, error: DeployError, transient: bool) -> None:
+        super().__init__(error.message, setting=error.setting, hint=error.hint, phase=error.phase,
+                         exit_status=error.exit_status)
+        self.transient = transient
 
 
 def _family(algorithm: str) -> str:
@@ -58,11 +92,163 @@ def known_hosts_line(host: HostSpec, key: SSHKey) -> str:
     return f"{name} {algorithm} {blob}"
 
 
+# ------------------------------------------------------------------------------------------------- jump chain
+
+
+class Tunnels:
+    """The jump host connections of one deploy: opened once, on first need, and shared by every target.
+
+    Twenty targets behind one bastion are twenty direct-tcpip channels over one bastion connection, not twenty
+    logins to the bastion (which would trip its MaxStartups and firewall rate limits).
+    """
+
+    def __init__(self, plan: Plan, info: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self._plan = plan
+        self._info = info
+        self._warn = warn
+        self._chain: asyncio.Task[SSHClientConnection] | None = None
+        self._open: list[SSHClientConnection] = []
+        self.warnings: list[str] = []  # kept when there is no `warn` to tell them to
+
+    async def last_hop(self) -> SSHClientConnection:
+        """The connection to the last jump host, through which the targets are reached. Raises DeployError."""
+        if self._chain is not None and self._chain.done() and not self._chain.cancelled() \
+                and self._chain.exception() is None and self._chain.result().is_closed():
+            self._chain = None  # the chain died between two batches: open it again
+        if self._chain is None:
+            self._chain = asyncio.ensure_future(self._open_chain())
+        try:
+            # Shielded: one host giving up (cancelled) must not tear down the chain the others are waiting on.
+            return await asyncio.shield(self._chain)
+        except DeployError as exc:  # every host waiting gets its own copy of the hop's one error
+            raise DeployError(exc.message, setting=exc.setting, hint=exc.hint, phase=exc.phase) from None
+
+    async def _open_chain(self) -> SSHClientConnection:
+        await self.close()
+        tunnel: SSHClientConnection | None = None
+        for hop in self._plan.jumps:
+            endpoint = _Endpoint(hop.host, hop.credentials, hop.host_keys, jump=True, pin_setting=hop.pin_setting)
+            connected = await _connect_retrying(endpoint, self._plan, _fixed(tunnel), self._via(hop))
+            self._open.append(connected.conn)
+            for warning in connected.warnings:
+                (self._warn or self.warnings.append)(f"jump host {hop.host.label}: {warning}")
+            if self._info is not None:
+                self._info(f"jump host {hop.host.label}: connected to {hop.host.hostname}:{hop.host.port} as "
+                           f"{hop.host.username} in {connected.seconds:.2f}s"
+                           f"{' (host key verified)' if connected.pinned else ''}")
+            tunnel = connected.conn
+        assert tunnel is not None
+        return tunnel
+
+    def _via(self, hop: JumpHop) -> str | None:
+        index = self._plan.jumps.index(hop)
+        return self._plan.jumps[index - 1].host.label if index else None
+
+    async def close(self) -> None:
+        """Close the hops, the last first (each is carried by the one before it)."""
+        while self._open:
+            conn = self._open.pop()
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+
+
+_TUNNELS: ContextVar[Tunnels | None] = ContextVar("sshipit_tunnels", default=None)
+
+
+@contextlib.asynccontextmanager
+async def shared_tunnels(plan: Plan, info: Callable[[str], None] | None = None,
+                         warn: Callable[[str], None] | None = None) -> AsyncIterator[Tunnels]:
+    """Every `connect` inside (tasks started inside included) reaches its target through one shared chain."""
+    tunnels = Tunnels(plan, info, warn)
+    token = _TUNNELS.set(tunnels)
+    try:
+        yield tunnels
+    finally:
+        _TUNNELS.reset(token)
+        await tunnels.close()
+
+
+_closers: set[asyncio.Task[None]] = set()  # a task only weakly referenced by the loop may vanish mid-way
+
+
+async def _close_with(conn: SSHClientConnection, tunnels: Tunnels) -> None:
+    with contextlib.suppress(Exception):
+        await conn.wait_closed()
+    await tunnels.close()
+
+
+# ---------------------------------------------------------------------------------------------------- connect
+
+
 async def connect(host: HostSpec, plan: Plan) -> Connected:
-    """Connect and authenticate, verifying the host key first. Raises DeployError."""
+    """Connect and authenticate, verifying the host key first (of every hop too). Raises DeployError."""
+    endpoint = _Endpoint(host, plan.credentials, plan.host_keys, jump=False)
+    if not plan.jumps:
+        return await _connect_retrying(endpoint, plan, None, None)
+    tunnels = _TUNNELS.get()
+    own = tunnels is None
+    if tunnels is None:  # called outside deploy(): a chain of this host's own, closed along with its connection
+        tunnels = Tunnels(plan)
+    try:
+        connected = await _connect_retrying(endpoint, plan, tunnels.last_hop, plan.jumps[-1].host.label)
+    except BaseException:
+        if own:
+            await tunnels.close()
+        raise
+    if own:
+        connected.warnings += tunnels.warnings
+        task = asyncio.ensure_future(_close_with(connected.conn, tunnels))
+        _closers.add(task)
+        task.add_done_callback(_closers.discard)
+    return connected
+
+
+def _fixed(tunnel: SSHClientConnection | None) -> Callable[[], Awaitable[SSHClientConnection | None]]:
+    async def get() -> SSHClientConnection | None:
+        return tunnel
+
+    return get
+
+
+async def _connect_retrying(endpoint: _Endpoint, plan: Plan,
+                            tunnel: Callable[[], Awaitable[SSHClientConnection | None]] | None,
+                            via: str | None) -> Connected:
+    """Connect, trying again after a transient failure (refused, reset, timed out) with exponential backoff.
+
+    Everything else (authentication, host keys, names that do not resolve) fails at once: trying again cannot
+    help, and repeated failed logins get a CI's address banned (fail2ban, sshd's PerSourcePenalties).
+    """
+    attempts = plan.retries + 1
+    notes: list[str] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            # The tunnel is asked for at each attempt: a jump chain that died meanwhile is opened again.
+            connected = await _connect_once(endpoint, plan, await tunnel() if tunnel else None, via)
+        except _Failure as exc:
+            if not exc.transient or attempt == attempts:
+                if attempt > 1:
+                    exc.message += f" (after {attempt} attempts)"
+                raise DeployError(exc.message, setting=exc.setting, hint=exc.hint, phase=exc.phase,
+                                  exit_status=exc.exit_status) from None
+            # Jitter spreads the retries of many hosts that failed together (a restarting bastion, a firewall).
+            delay = min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX) * random.uniform(0.8, 1.2)
+            notes.append(exc.message.removeprefix(f"{endpoint.name}: "))
+            await asyncio.sleep(delay)
+            continue
+        if notes:
+            connected.warnings.insert(0, f"connected at attempt {attempt} of {attempts}, after: {'; '.join(notes)}")
+        return connected
+    raise AssertionError("unreachable")
+
+
+async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnection | None,
+                        via: str | None) -> Connected:
     import asyncssh
 
-    policy = plan.host_keys
+    host = endpoint.host
+    policy = endpoint.host_keys
     offered: list[SSHKey] = []
 
     class Client(asyncssh.SSHClient):
@@ -76,7 +262,7 @@ async def connect(host: HostSpec, plan: Plan) -> Connected:
         known_hosts: Any = asyncssh.import_known_hosts(policy.known_hosts)
     else:
         known_hosts = ([], [], [])  # trust nothing implicitly, and never read ~/.ssh/known_hosts
-    creds = plan.credentials
+    creds = endpoint.credentials
     options: dict[str, Any] = dict(
         port=host.port,
         username=host.username,
@@ -96,9 +282,11 @@ async def connect(host: HostSpec, plan: Plan) -> Connected:
         encryption_algs=CIPHERS,
         compression_algs=["none"],
         connect_timeout=plan.connect_timeout,
-        keepalive_interval=15,
+        keepalive_interval=plan.keepalive,
         keepalive_count_max=4,
     )
+    if tunnel is not None:
+        options["tunnel"] = tunnel  # a direct-tcpip channel over the previous hop's connection
     if not policy.known_hosts:
         # asyncssh's default order puts RSA first; ask for the strongest, fastest type the server has.
         options["server_host_key_algs"] = [alg for _family, algs in _FAMILIES for alg in algs]
@@ -118,58 +306,86 @@ async def connect(host: HostSpec, plan: Plan) -> Connected:
                 if remaining:
                     options["server_host_key_algs"] = [alg for algs in remaining for alg in algs]
                     continue
-            raise _host_key_error(host, offered) from None
+            raise _Failure(_host_key_error(endpoint, offered), transient=False) from None
         except Exception as exc:
             if offered and policy.pinned and isinstance(exc, asyncssh.KeyExchangeFailed):
-                raise _host_key_error(host, offered) from None
-            raise _connect_error(host, plan, exc) from None
+                raise _Failure(_host_key_error(endpoint, offered), transient=False) from None
+            raise _Failure(_connect_error(endpoint, via, plan, exc), _transient(exc)) from None
         break
     key = conn.get_server_host_key()
     assert key is not None
     result = Connected(conn, key, policy.pinned, loop.time() - started)
     if not policy.pinned:
+        pin = "proxy_fingerprint" if endpoint.jump else "fingerprint"
         result.warnings.append(
             f"host key not verified: {key.get_algorithm()} {result.fingerprint}; pin it with "
-            f"fingerprint: {result.fingerprint} (or known_hosts: {known_hosts_line(host, key)})"
+            f"{pin}: {result.fingerprint} (or known_hosts: {known_hosts_line(host, key)})"
         )
     return result
 
 
-def _host_key_error(host: HostSpec, offered: list[SSHKey]) -> DeployError:
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Refused, reset or timed out: the server may be restarting or rate-limiting; another try may succeed."""
+    import asyncssh
+
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionRefusedError, ConnectionResetError,
+                        ConnectionAbortedError, asyncssh.ConnectionLost)):
+        return True
+    if isinstance(exc, asyncssh.ChannelOpenError):  # a jump host could not reach the next hop or the target
+        return exc.code == asyncssh.OPEN_CONNECT_FAILED
+    return isinstance(exc, OSError) and not isinstance(exc, socket.gaierror) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def _host_key_error(endpoint: _Endpoint, offered: list[SSHKey]) -> DeployError:
     seen = ", ".join(sorted({f"{k.get_algorithm()} {k.get_fingerprint('sha256')}" for k in offered})) or "none"
     return DeployError(
-        f"{host.label}: host key does not match: the server offered {seen}",
-        setting="fingerprint / known_hosts",
+        f"{endpoint.name}: host key does not match: the server offered {seen}",
+        setting=endpoint.pin_setting,
         hint="if the server was legitimately re-keyed, pin the new key; otherwise someone may be intercepting",
         phase="connect",
     )
 
 
-def _connect_error(host: HostSpec, plan: Plan, exc: BaseException) -> DeployError:
+def _connect_error(endpoint: _Endpoint, via: str | None, plan: Plan, exc: BaseException) -> DeployError:
     import asyncssh
 
-    where = f"{host.label} ({host.hostname} port {host.port})"
+    host = endpoint.host
+    name = endpoint.name
+    where = f"{name} ({host.hostname} port {host.port}{f', via jump host {via}' if via else ''})"
+    host_setting = "proxy_host / jump" if endpoint.jump else "host"
+    address_setting = host_setting + " / port"
     if isinstance(exc, asyncssh.PermissionDenied):
-        methods = ", ".join(plan.credentials.methods()) or "none"
+        methods = ", ".join(endpoint.credentials.methods()) or "none"
         return DeployError(
-            f"{host.label}: authentication failed for user {host.username!r} (tried: {methods})",
-            setting="username / key / password",
+            f"{name}: authentication failed for user {host.username!r} (tried: {methods})",
+            setting="proxy_username / proxy_key / proxy_password" if endpoint.jump else "username / key / password",
             hint="check that the public key is in the user's authorized_keys and the user name is right",
             phase="connect",
         )
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+            return DeployError(f"{where}: jump host {via} refused to forward the connection ({exc.reason})",
+                               setting="proxy_host / jump",
+                               hint="the jump host's sshd must allow it (AllowTcpForwarding yes)", phase="connect")
+        return DeployError(f"{where}: jump host {via} could not connect to it: {exc.reason}",
+                           setting=address_setting, hint="is sshd running there, and reachable from the jump host?",
+                           phase="connect")
     if isinstance(exc, socket.gaierror):
-        return DeployError(f"{where}: host name does not resolve ({exc.strerror})", setting="host",
+        return DeployError(f"{where}: host name does not resolve ({exc.strerror})", setting=host_setting,
                            hint="check the spelling and the CI's DNS", phase="connect")
     if isinstance(exc, ConnectionRefusedError):
-        return DeployError(f"{where}: connection refused", setting="host / port",
+        return DeployError(f"{where}: connection refused", setting=address_setting,
                            hint="is sshd running and listening on that port?", phase="connect")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return DeployError(f"{where}: no SSH answer within {plan.connect_timeout:g}s", setting="timeout",
                            hint="check host, port and firewalls, or raise timeout", phase="connect")
     if isinstance(exc, asyncssh.DisconnectError):
-        return DeployError(f"{where}: the server closed the connection: {exc.reason}", setting="host",
+        return DeployError(f"{where}: the server closed the connection: {exc.reason}", setting=host_setting,
                            hint="see the server's sshd log", phase="connect")
     if isinstance(exc, OSError):
-        return DeployError(f"{where}: cannot connect: {exc.strerror or exc}", setting="host / port",
+        return DeployError(f"{where}: cannot connect: {exc.strerror or exc}", setting=address_setting,
                            hint="check the address and the network path", phase="connect")
-    return DeployError(f"{where}: cannot connect: {exc}", setting="host", phase="connect")
+    return DeployError(f"{where}: cannot connect: {exc}", setting=host_setting, phase="connect")

@@ -70,6 +70,16 @@ class Manifest:
         return manifest
 
 
+    def carry(self, old: Manifest, paths: list[str]) -> Manifest:
+        """Keep `paths` from `old`: files we uploaded earlier and left in place stay ours until pruned."""
+        for path in paths:
+            if path in old.files:
+                self.files[path] = old.files[path]
+            elif path in old.links:
+                self.links[path] = old.links[path]
+        return self
+
+
 @dataclass
 class ServerView:
     """The server's side of the comparison, read in one round trip."""
@@ -92,15 +102,18 @@ def user_manifest_path(directory_key: str) -> str:
 
 async def read_server(conn: SSHClientConnection, directory: str, manifest_path: str, timeout: float) -> ServerView:
     """Read the manifest and list what is in `directory` now, in one command."""
-    d, m = shell_path(directory), shell_path(manifest_path)
+    d = shell_path(directory)
     types = r"\( -type f -o -type l \)"
+    # Relative paths are relative to the login's home, where the command starts: pin the manifest's down
+    # before changing into the directory.
     script = (
+        f"M={shell_path(manifest_path)}; case $M in /*) ;; *) M=\"$PWD/$M\";; esac; "
         f"if ! cd -- {d} 2>/dev/null; then echo absent; exit 0; fi; echo present; "
-        f"cat -- {m} 2>/dev/null; printf '{_sep_printf()}'; "
+        f"cat -- \"$M\" 2>/dev/null; printf '{_sep_printf()}'; "
         f"find . {types} -print0; printf '{_sep_printf()}'; "
         f"find . -type d -print0; printf '{_sep_printf()}'; "
-        f"if [ -f {m} ]; then find . {types} -cnewer {m} -print0 2>/dev/null || "
-        f"find . {types} -newer {m} -print0; fi"
+        f"if [ -f \"$M\" ]; then find . {types} -cnewer \"$M\" -print0 2>/dev/null || "
+        f"find . {types} -newer \"$M\" -print0; fi"
     )
     result = await capture(conn, script, timeout)
     text = result.stdout

@@ -8,6 +8,7 @@ complete and checked; the session stage only carries it out.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -110,6 +111,14 @@ class Plan:
     masker: Masker
     warnings: list[str]
     shown: dict[str, str]  # resolved settings for `debug`, secrets masked
+    # Fleets (jump hosts, batches, retries): set by _fleet() at the end of this module. Defaults keep every
+    # other constructor of Plan working.
+    jumps: list[JumpHop] = field(default_factory=list)  # in order: the first is reached directly
+    max_parallel: int = 10  # hosts worked on at once (1 with parallel: false)
+    batch_size: int | None = None  # hosts per rolling batch; None: one batch of all hosts
+    max_failures: int = 0  # failed hosts tolerated before the rest is stopped (a count, percentages resolved)
+    retries: int = 2  # connection attempts after the first, for transient errors only
+    keepalive: float = 15.0
 
 
 # ------------------------------------------------------------------------------------------------ host entries
@@ -425,12 +434,14 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         warnings=warnings,
         shown={},
     )
+    _fleet(plan, values)
     plan.shown = _shown(raw, masker)
     _warn_unknown(raw, values.items("envs"), warnings)
     return plan
 
 
-_CREDENTIALS = {"password", "key", "ssh_key", "key_path", "passphrase", "ssh_passphrase"}
+_CREDENTIALS = {"password", "key", "ssh_key", "key_path", "passphrase", "ssh_passphrase",
+                "proxy_password", "proxy_key", "proxy_ssh_key", "proxy_key_path", "proxy_passphrase"}
 
 
 def _exports(envs: list[str], raw: RawSettings, environ: dict[str, str], warnings: list[str]) -> list[tuple[str, str]]:
@@ -491,3 +502,148 @@ def _shown(raw: RawSettings, masker: Masker) -> dict[str, str]:
         text = ",".join(entry.items) if entry.items is not None else (entry.text or "")
         shown[setting.name] = "********" if setting.secret else masker(text)
     return shown
+
+
+# ------------------------------------------------------------------------------------------------------ fleets
+# Jump hosts, rolling batches, the failure budget, connection retries and keepalives (README: "Fleets").
+
+
+@dataclass
+class JumpHop:
+    """One jump host on the way to every target, and what it is authenticated and verified with."""
+
+    host: HostSpec
+    credentials: Credentials
+    host_keys: HostKeyPolicy
+    pin_setting: str  # the setting its host keys come from, for error messages
+
+
+# Settings that mean nothing without a jump host: set alone they are a mistake worth stopping for.
+_PROXY_ONLY = ("proxy_port", "proxy_username", "proxy_password", "proxy_key", "proxy_key_path", "proxy_passphrase",
+               "proxy_fingerprint")
+
+
+def _fleet(plan: Plan, values: _Values) -> None:
+    """Fill the plan's fleet fields (jumps, max_parallel, batch_size, max_failures, retries, keepalive)."""
+    for name in ("proxy_password", "proxy_key", "proxy_passphrase"):
+        plan.masker.add(values.text(name))
+    if values.text("proxy_key"):  # a key pasted with literal \n escapes: mask its real lines too
+        plan.masker.add(normalise_key_text(values.text("proxy_key") or ""))
+    plan.jumps = _jumps(plan, values)
+    total = len(plan.hosts)
+    plan.max_parallel = values.number("max_parallel", minimum=1, maximum=1000)
+    if not plan.parallel:
+        if values.has("max_parallel"):
+            plan.warnings.append("max_parallel is ignored with parallel: false (one host at a time)")
+        plan.max_parallel = 1
+    if values.has("batch_size"):
+        plan.batch_size = _share(values.text("batch_size") or "", "batch_size", total, at_least_one=True)
+    plan.max_failures = _share(values.text("max_failures") or "0", "max_failures", total, at_least_one=False)
+    plan.retries = values.number("retries", minimum=0, maximum=10)
+    plan.keepalive = values.duration("keepalive")
+
+
+def _share(text: str, name: str, total: int, *, at_least_one: bool) -> int:
+    """A number of hosts, written as a count or as a percentage of all hosts.
+
+    A batch percentage rounds up (10% of 5 hosts is a batch of 1); a failure budget rounds down (10% of 5 hosts
+    tolerates none), so that neither ever means more risk than written.
+    """
+    word = text.strip()
+    if not word.endswith("%"):
+        return parse_int(word, name, minimum=1 if at_least_one else 0)
+    try:
+        percent = float(word[:-1])
+    except ValueError:
+        percent = float("nan")
+    if not 0 <= percent <= 100 or (at_least_one and percent == 0):
+        low = "above 0" if at_least_one else "from 0"
+        raise SettingsError(f"{name}: {text!r} is not a percentage {low} to 100%", setting=name,
+                            hint="write a number of hosts (5) or a percentage (25%)")
+    share = percent * total / 100
+    # The 1e-9 absorbs float noise: 70% of 10 is 7.000000000000001, and must stay 7.
+    return max(1, math.ceil(share - 1e-9)) if at_least_one else math.floor(share + 1e-9)
+
+
+def _jumps(plan: Plan, values: _Values) -> list[JumpHop]:
+    proxy_host = (values.text("proxy_host") or "").strip()
+    chain = values.items("jump")
+    if proxy_host and chain:
+        raise SettingsError("proxy_host and jump both name jump hosts", setting="jump",
+                            hint="list every hop in jump, in order")
+    setting, entries = ("proxy_host", [proxy_host]) if proxy_host else ("jump", chain)
+    if not entries:
+        stray = next((name for name in _PROXY_ONLY if values.has(name)), None)
+        if stray:
+            raise SettingsError(f"{stray} is set but there is no jump host", setting=stray,
+                                hint="set proxy_host (or jump for several hops), or remove it")
+        return []
+
+    if values.has("proxy_port"):
+        port = values.number("proxy_port", minimum=1, maximum=65535)
+    else:
+        port = values.number("port", minimum=1, maximum=65535)
+    username = (values.text("proxy_username") or values.text("username") or "root").strip()
+
+    credentials = plan.credentials
+    if any(values.has(name) for name in ("proxy_password", "proxy_key", "proxy_key_path")):
+        credentials = Credentials(password=values.text("proxy_password") or None,
+                                  agent_path=plan.credentials.agent_path)
+        passphrase = values.text("proxy_passphrase") or values.text("passphrase") or None
+        key_text = values.text("proxy_key")
+        if key_text:
+            key = _proxy_key(normalise_key_text(key_text), passphrase, "proxy_key")
+            credentials.keys.append(key)
+            credentials.key_descriptions.append(_key_label(key, "proxy_key"))
+        key_path = values.text("proxy_key_path")
+        if key_path:
+            path = Path(os.path.expanduser(key_path))
+            if not path.is_absolute():
+                path = plan.workspace / path
+            try:
+                file_text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not a text file"
+                raise SettingsError(f"cannot read proxy_key_path {key_path}: {reason}",
+                                    setting="proxy_key_path") from None
+            key = _proxy_key(normalise_key_text(file_text), passphrase, "proxy_key_path")
+            credentials.keys.append(key)
+            credentials.key_descriptions.append(_key_label(key, "proxy_key_path"))
+    elif values.has("proxy_passphrase"):
+        raise SettingsError("proxy_passphrase is set but neither proxy_key nor proxy_key_path is",
+                            setting="proxy_passphrase", hint="set proxy_key, or remove proxy_passphrase")
+
+    host_keys, pin_setting = plan.host_keys, "fingerprint / known_hosts"
+    pins = values.items("proxy_fingerprint")
+    if pins:
+        host_keys, pin_setting = HostKeyPolicy(tuple(_pin(fp, "proxy_fingerprint") for fp in pins)), \
+            "proxy_fingerprint"
+
+    hops = []
+    for entry in entries:
+        try:
+            spec = parse_host(entry, port, username)
+        except SettingsError as exc:  # parse_host speaks of `host`; this entry came from another setting
+            raise SettingsError(exc.message.replace("host ", f"{setting} ", 1), setting=setting,
+                                hint=exc.hint) from None
+        hops.append(JumpHop(spec, credentials, host_keys, pin_setting))
+    return hops
+
+
+def _proxy_key(text: str, passphrase: str | None, origin: str) -> SSHKey:
+    try:
+        return load_key(text, passphrase, origin)
+    except SettingsError as exc:
+        if exc.setting != "passphrase":
+            raise
+        # load_key names `passphrase`; for a jump host's key the setting to fix is proxy_passphrase.
+        raise SettingsError(exc.message.replace("the passphrase", "proxy_passphrase"), setting="proxy_passphrase",
+                            hint="set proxy_passphrase to the key's passphrase") from None
+
+
+def _pin(fingerprint: str, setting: str) -> str:
+    fp = fingerprint.strip()
+    if not fp.startswith("SHA256:"):
+        raise SettingsError(f"{setting} {fp!r} is not a SHA256 fingerprint", setting=setting,
+                            hint="copy it from `ssh-keygen -lf` or from sshipit's warning (SHA256:...)")
+    return fp.rstrip("=")

@@ -17,7 +17,8 @@ PROBE_MARK = "sshipit-probe-ok"
 _PROBE = (
     f"printf '%s\\n' {PROBE_MARK}; "
     "if tar --version 2>/dev/null | grep -q 'GNU tar'; then echo tar=gnu; "
-    "elif command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi"
+    "elif command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi; "
+    "for c in zstd gzip; do command -v $c >/dev/null 2>&1 && echo has=$c; done; true"
 )
 
 
@@ -25,6 +26,7 @@ _PROBE = (
 class ServerTraits:
     shell: bool  # False for an SFTP-only account (ForceCommand internal-sftp, a nologin shell)
     tar: str  # gnu, other (BusyBox, bsdtar) or none
+    tools: frozenset[str] = frozenset()  # decompressors found: zstd, gzip
 
     @property
     def tar_extract(self) -> str:
@@ -65,7 +67,10 @@ async def probe(conn: SSHClientConnection, timeout: float) -> ServerTraits:
     if PROBE_MARK not in result.stdout:
         return ServerTraits(shell=False, tar="none")
     tar = "none"
+    tools = set()
     for line in result.stdout.splitlines():
         if line.startswith("tar="):
             tar = line[4:].strip()
-    return ServerTraits(shell=True, tar=tar)
+        elif line.startswith("has="):
+            tools.add(line[4:].strip())
+    return ServerTraits(shell=True, tar=tar, tools=frozenset(tools))

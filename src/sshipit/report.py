@@ -31,6 +31,7 @@ class HostResult:
     skipped: bool = False
     collateral: bool = False  # failed only because another host failed
     release: str | None = None
+    tolerated: bool = False  # failed, but within max_failures: does not fail the step
 
 
 def human_bytes(count: float) -> str:
@@ -47,6 +48,7 @@ class Console:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.prefix_hosts = False
+        self.atomic = False  # the summary then tells which hosts run the new release and which the old
 
     def _write(self, stream: TextIO, text: str) -> None:
         stream.write(self.masker(text) + "\n")
@@ -76,20 +78,34 @@ class Console:
         self._write(self.err, self._tag(host) + "error: " + text)
 
     def summary(self, results: list[HostResult]) -> None:
+        """A table, a row per host: result, host, release, duration, bytes sent, error; then who runs what."""
         failed = [r for r in results if not r.ok and not r.skipped]
         skipped = [r for r in results if r.skipped]
         head = f"summary: {len(results)} host{'s' if len(results) != 1 else ''}"
         head += f", {len(failed)} failed" if failed else ", all ok"
+        if failed and all(r.tolerated for r in failed):
+            head += " (within max_failures)"
         if skipped:
             head += f", {len(skipped)} not attempted"
         self.info(head)
-        width = max(len(r.host.label) for r in results)
-        for result in results:
-            state = "skipped" if result.skipped else ("ok" if result.ok else "FAILED")
-            detail = ""
-            if result.upload is not None:
-                detail = (f"{result.upload.files} files, {human_bytes(result.upload.bytes)} sent"
-                          f" ({result.upload.method})")
-            if not result.ok and result.error:
-                detail = result.error.removeprefix(f"{result.host.label}: ")
-            self.info(f"  {state:<7} {result.host.label:<{width}}  {result.seconds:6.2f}s  {detail}".rstrip())
+        rows = [("result", "host", "release", "time", "sent", "error")]
+        for r in results:
+            state = "skipped" if r.skipped else ("ok" if r.ok else "FAILED")
+            release = r.release or ("old" if self.atomic and not r.ok else "-")
+            sent = human_bytes(r.upload.wire_bytes or r.upload.bytes) if r.upload is not None else "-"
+            error = (r.error or "").removeprefix(f"{r.host.label}: ") if not r.ok else ""
+            rows.append((state, r.host.label, release, f"{r.seconds:.2f}s", sent, error))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        for row in rows:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]),
+                     row[3].rjust(widths[3]), row[4].rjust(widths[4]), row[5]]
+            self.info(("  " + "  ".join(cells)).rstrip())
+        if self.atomic and any(not r.ok for r in results):
+            new = [r for r in results if r.ok]
+            old = [r for r in results if not r.ok]
+            ids = ", ".join(sorted({r.release for r in new if r.release}))
+            if new:
+                self.info(f"release {ids} is live on {len(new)} host{'s' if len(new) != 1 else ''}: "
+                          f"{', '.join(r.host.label for r in new)}")
+            self.info(f"the previous release stays on {len(old)} host{'s' if len(old) != 1 else ''}: "
+                      f"{', '.join(r.host.label for r in old)}")

@@ -190,7 +190,10 @@ async def _upload(
         await remove_paths(conn, host, dest, delta.stale)
         stats.removed = len(delta.stale)
     # Written before any command runs: a command that edits an uploaded file then shows up as changed.
-    await write_manifest(conn, manifest_path, Manifest.of(entries, hashes), plan.connect_timeout)
+    manifest = Manifest.of(entries, hashes)
+    if releases is None and not plan.prune and view is not None and view.manifest is not None:
+        manifest.carry(view.manifest, delta.stale)
+    await write_manifest(conn, manifest_path, manifest, plan.connect_timeout)
     result.upload = stats
     _report_upload(console, host, stats, dest)
     return dest

@@ -89,6 +89,30 @@ CATALOGUE: tuple[Setting, ...] = (
             group="releases"),
     Setting("lock_timeout", "duration", "how long to wait for another deploy of the same target", "2m",
             group="releases"),
+    # Fleets: jump hosts, rolling batches, retries (the proxy_* credentials fall back to the target's own)
+    Setting("proxy_host", "str", "jump host (bastion) the targets are reached through; user@host:port allowed",
+            group="fleet"),
+    Setting("proxy_port", "int", "SSH port of a jump host whose entry names none (default: port)", group="fleet"),
+    Setting("proxy_username", "str", "login name on a jump host whose entry names none (default: username)",
+            aliases=("proxy_user",), group="fleet"),
+    Setting("proxy_password", "secret", "password for the jump hosts (default: password)", group="fleet"),
+    Setting("proxy_key", "secret", "private key text for the jump hosts (default: key)", aliases=("proxy_ssh_key",),
+            group="fleet"),
+    Setting("proxy_key_path", "str", "path of a private key file for the jump hosts (default: key_path)",
+            group="fleet"),
+    Setting("proxy_passphrase", "secret", "passphrase of proxy_key (default: passphrase)", group="fleet"),
+    Setting("proxy_fingerprint", "list", "trusted host key fingerprints of the jump hosts (default: fingerprint "
+            "and known_hosts)", group="fleet"),
+    Setting("jump", "list", "jump hosts in order, for more than one hop (user@bastion1,bastion2:2222)",
+            group="fleet"),
+    Setting("max_parallel", "int", "hosts worked on at once", "10", group="fleet"),
+    Setting("batch_size", "str", "rolling deploy: hosts per batch, a number or a percentage; the next batch "
+            "starts only when this one succeeded (default: all hosts)", aliases=("serial",), group="fleet"),
+    Setting("max_failures", "str", "failed hosts tolerated (a number or a percentage of all hosts) before the "
+            "rest is stopped", "0", group="fleet"),
+    Setting("retries", "int", "connection attempts after the first, with exponential backoff, for refused, reset "
+            "and timed-out connections only", "2", group="fleet"),
+    Setting("keepalive", "duration", "interval of SSH keepalives", "15s", group="fleet"),
     # How
     Setting("parallel", "bool", "deploy to all hosts at once", "true", group="behaviour"),
     Setting("sync", "bool", "drone-ssh's name: sync: true means parallel: false", group="behaviour"),

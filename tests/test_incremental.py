@@ -1,0 +1,184 @@
+"""Incremental upload against a real OpenSSH server: only what changed travels, and never a wrong result."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import RunSshipit
+from helpers import Result, plugin_env
+from sshipit.localserver import KeyPair, LocalServer
+from sshipit.manifest import plain_manifest_key, user_manifest_path
+
+
+def make_site(workspace: Path, files: int = 40) -> Path:
+    site = workspace / "site"
+    for n in range(files):
+        path = site / f"d{n % 4}" / f"f{n}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"file {n}\n" * (n + 1))
+    (site / "link").symlink_to("d0/f0.txt")
+    return site
+
+
+def sent(result: Result) -> tuple[int, int]:
+    """(files sent, files skipped) as the tool reports them."""
+    match = re.search(r"uploaded (\d+) files", result.stdout)
+    skipped = re.search(r"; (\d+) unchanged files", result.stdout)
+    assert match, result
+    return int(match.group(1)), int(skipped.group(1)) if skipped else 0
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() + f":{path.stat().st_mode & 0o7777:o}"
+    return out
+
+
+def as_user(server: LocalServer, command: str) -> None:
+    """Change files on the server as its login user would, by hand."""
+    subprocess.run(["su", "-s", "/bin/sh", server.user, "-c", command], check=True)
+
+
+class TestPlain:
+    def go(self, run_sshipit: RunSshipit, server: LocalServer, key: KeyPair, target: Path, **settings: object
+           ) -> Result:
+        result = run_sshipit(env=plugin_env(server, key, target=str(target), sources="site", **settings))
+        assert result.returncode == 0, result
+        return result
+
+    def test_only_changed_files_travel(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        site = make_site(workspace)
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (40, 0)
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (0, 40)
+        (site / "d1/f5.txt").write_text("changed, same size?\n")
+        (site / "d2/f6.txt").write_text("file 6\n" * 7)  # same content rewritten: fresh mtime, nothing to send
+        (site / "d3/new.txt").write_text("new\n")
+        (site / "d0/f4.txt").chmod(0o600)
+        result = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        assert sent(result) == (3, 38)
+        assert tree_digest(remote_dir / "site") == tree_digest(site)
+
+    def test_same_size_content_change_is_detected(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        site = make_site(workspace, files=4)
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        original = (site / "d1/f1.txt").read_text()
+        (site / "d1/f1.txt").write_text(original.replace("1", "9"))  # same size, other bytes
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (1, 3)
+        assert (remote_dir / "site/d1/f1.txt").read_text() == original.replace("1", "9")
+
+    def test_hand_edited_or_removed_files_on_the_server_are_sent_again(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        site = make_site(workspace, files=10)
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        remote = remote_dir / "site"
+        as_user(server, f"echo hacked > {remote}/d1/f1.txt; rm {remote}/d2/f2.txt; chmod 600 {remote}/d3/f3.txt; "
+                        f"touch -d @1000 {remote}/d0/f0.txt; printf x >> {remote}/d0/f4.txt")
+        result = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        assert sent(result) == (5, 5)
+        assert tree_digest(remote) == tree_digest(site)
+
+    def test_missing_or_broken_manifest_means_a_full_upload(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        make_site(workspace, files=6)
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        manifest = server.home / user_manifest_path(plain_manifest_key(str(remote_dir)))
+        assert manifest.is_file()
+        manifest.write_text("{not json")
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (6, 0)
+        manifest.unlink()
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (6, 0)
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (0, 6)
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir, incremental=False)) == (6, 0)
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir, rm=True)) == (6, 0)
+
+    def test_prune_removes_only_our_own_stale_files(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        site = make_site(workspace, files=6)
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        as_user(server, f"echo mine > {remote_dir}/site/d1/uploads.txt")
+        (site / "d2/f2.txt").unlink()
+        (site / "link").unlink()
+        without = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        assert (remote_dir / "site/d2/f2.txt").exists()  # no prune: stale files stay
+        assert "pruned" not in without.stdout
+        pruned = self.go(run_sshipit, server, keys["ed25519"], remote_dir, prune=True)
+        assert "pruned 2 stale files" in pruned.stdout
+        assert not (remote_dir / "site/d2/f2.txt").exists() and not (remote_dir / "site/link").is_symlink()
+        assert (remote_dir / "site/d1/uploads.txt").read_text() == "mine\n"
+        assert tree_digest(remote_dir / "site") == {**tree_digest(site), "d1/uploads.txt": pytest.approx(
+            tree_digest(remote_dir / "site")["d1/uploads.txt"])}
+
+
+class TestAtomic:
+    def test_live_release_intact_after_incremental_release_rewrites_files(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        site = make_site(workspace, files=20)
+        env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="site", atomic=True)
+        first = run_sshipit(env=env)
+        assert first.returncode == 0, first
+        live = remote_dir / "current"
+        live_id = os.readlink(live)
+        before = tree_digest(remote_dir / live_id / "site")
+        assert before == tree_digest(site)
+
+        (site / "d1/f1.txt").write_text("v2\n")
+        (site / "d2/f2.txt").unlink()
+        env["PLUGIN_SCRIPT"] = ("echo appended >> site/d0/f0.txt; sed -i s/file/FILE/ site/d3/f3.txt; "
+                                "echo generated > site/generated.txt")
+        second = run_sshipit(env=env)
+        assert second.returncode == 0, second
+        assert sent(second) == (1, 18)
+        assert tree_digest(remote_dir / live_id / "site") == before  # the old release: byte for byte intact
+        new = remote_dir / os.readlink(live) / "site"
+        assert (new / "d1/f1.txt").read_text() == "v2\n" and not (new / "d2/f2.txt").exists()
+        assert (new / "d0/f0.txt").read_text().endswith("appended\n")
+
+        third = run_sshipit(env={**env, "PLUGIN_SCRIPT": "true"})
+        assert third.returncode == 0, third
+        newest = remote_dir / os.readlink(live) / "site"
+        # Files the previous release's commands changed are sent again; its generated file is not carried over.
+        assert sent(third) == (2, 17)
+        assert tree_digest(newest) == tree_digest(site)
+
+
+class TestCompression:
+    @pytest.mark.parametrize(("setting", "method"), [("auto", "tar+zstd"), ("zstd", "tar+zstd"),
+                                                     ("gzip", "tar+gzip"), ("none", "tar")])
+    def test_every_compression_lands_the_same_bytes(
+        self, setting: str, method: str, server: LocalServer, keys: dict[str, KeyPair], workspace: Path,
+        remote_dir: Path, run_sshipit: RunSshipit,
+    ) -> None:
+        site = make_site(workspace, files=12)
+        (site / "big.bin").write_bytes(os.urandom(3 << 20))
+        (site / "text.js").write_text("function f(x) { return x * 2; }\n" * 50_000)
+        env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="site", compress=setting)
+        result = run_sshipit(env=env)
+        assert result.returncode == 0, result
+        assert f"over {method}" in result.stdout
+        assert tree_digest(remote_dir / "site") == tree_digest(site)
+
+    def test_bad_compress_value(self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path,
+                                remote_dir: Path, run_sshipit: RunSshipit) -> None:
+        make_site(workspace, files=1)
+        env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="site", compress="lz4")
+        result = run_sshipit(env=env)
+        assert result.returncode == 2 and "compress" in result.stderr
