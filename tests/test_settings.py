@@ -205,3 +205,21 @@ class TestRules:
     def test_bad_targets(self, target: str) -> None:
         with pytest.raises(SettingsError):
             remote_target(target)
+
+
+class TestRemoteCommands:
+    def test_staged_upload_is_one_and_chain(self) -> None:
+        """Every step depends on the one before: a failed `cd` must stop everything (no `;` at top level)."""
+        import shlex
+
+        from sshipit.upload import staged_extract
+
+        command = " && ".join(["cd -- /t", *staged_extract("tar -xf -", True, ["x"], "n")])
+        command = command.replace("\\;", "EXEC_END")  # find -exec's terminator is an argument, not a separator
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        depth, top_level = 0, []
+        for token in lexer:
+            depth += token.count("{") + token.count("(") - token.count("}") - token.count(")")
+            if depth == 0 and token in (";", "||", "&", "|"):
+                top_level.append(token)
+        assert top_level == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import posixpath
+import secrets
 import tarfile
 import threading
 import zlib
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sshipit.errors import DeployError
 from sshipit.remote import ServerTraits
-from sshipit.rules import shell_path
+from sshipit.rules import quote, shell_path
 from sshipit.sources import Entry
 
 if TYPE_CHECKING:
@@ -44,15 +45,37 @@ class UploadStats:
     removed: int = 0  # stale files pruned
 
 
-def clear_commands(_target: str, rm: bool, delete: list[str]) -> list[str]:
-    """Shell commands, run inside the target, that empty it (not the directory itself) and remove delete paths."""
+STAGING = ".sshipit-upload."
+
+
+def clear_commands(rm: bool, delete: list[str], keep: str = "") -> list[str]:
+    """Shell commands, run inside the target, that empty it (not the directory itself, nor `keep`) and remove
+    the delete paths."""
     commands = []
     if rm:
-        # The three globs match every name but . and ..; an unmatched glob stays literal and rm -f ignores it.
-        commands.append("rm -rf -- ./* ./.[!.]* ./..?*")
+        commands.append(f"find . -mindepth 1 -maxdepth 1 ! -name {quote(keep or '.')} -exec rm -rf -- {{}} \\;")
     if delete:
         commands.append("rm -rf -- " + " ".join(shell_path(path) for path in delete))
     return commands
+
+
+def staged_extract(unpack: str, rm: bool, delete: list[str], nonce: str) -> list[str]:
+    """Extract into a hidden staging directory, then hard-link everything into place and drop the staging.
+
+    Until the whole stream has arrived and unpacked, the target is untouched: a cut connection or a full disk
+    leaves no half-written file there, only the staging directory, which a later upload removes. Each file is
+    then replaced by a link to a complete copy (never rewritten in place). The staging name is unique, so two
+    deploys at once do not collide; stale ones (older than an hour) are cleaned up.
+    """
+    staging = STAGING + nonce
+    return [
+        f"{{ find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null || true; }}",
+        f"mkdir -- {staging}",
+        f"( cd -- {staging} && {unpack} )",
+        *clear_commands(rm, delete, keep=staging),
+        f"cp -alf -- {staging}/. .",
+        f"rm -rf -- {staging}",
+    ]
 
 
 def tar_header(entry: Entry) -> bytes:
@@ -214,11 +237,16 @@ async def upload_tar(
     import asyncssh
 
     target = shell_path(dest)
-    cleanup = clear_commands(dest, plan.rm, plan.delete) if clear else []
-    steps = [f"mkdir -p -- {target}", f"cd -- {target}", *cleanup]
     compression = choose_compression(plan.compress, traits) if entries else "none"
-    unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "exec ")
-    command = " && ".join([*steps, f"{unpack}{traits.tar_extract}"]) if entries else " && ".join(steps)
+    unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
+    steps = [f"mkdir -p -- {target}", f"cd -- {target}"]
+    if not entries:
+        steps += clear_commands(plan.rm, plan.delete) if clear else []
+    elif clear:
+        steps += staged_extract(unpack, plan.rm, plan.delete, secrets.token_hex(6))
+    else:
+        steps.append(unpack)  # a fresh release directory: nothing is live there yet
+    command = " && ".join(steps)
     loop = asyncio.get_running_loop()
     started = loop.time()
     stats = UploadStats("tar" if compression == "none" else f"tar+{compression}")
