@@ -20,7 +20,8 @@ _EPILOG = """\
 Every setting can also be given as an environment variable: PLUGIN_<NAME> (Drone, Woodpecker) or
 INPUT_<NAME> (GitHub Actions), e.g. PLUGIN_HOST=web1 PLUGIN_SCRIPT_STOP=false. Flags win over variables.
 Lists: repeat the flag (--command a --command b), or in a variable give a JSON array or comma-joined text.
-Subcommand: `sshipit rollback [settings]` switches every host back to its previous good release.
+Subcommands: `sshipit rollback [settings]` switches every host back to its previous good release;
+`sshipit plan [settings]` shows per host what a deploy would do, changing nothing.
 Exit status: 0 success; a failing command's own status; 124 command_timeout; 2 bad settings; 1 otherwise.
 """
 
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = {"rollback": "rollback"}  # `sshipit rollback ...` is `--rollback` with the same settings
+# `sshipit rollback ...` is `--rollback` with the same settings; `sshipit plan ...` is `--dry-run`.
+SUBCOMMANDS = {"rollback": "rollback", "plan": "dry_run"}
 
 
 def read_settings(argv: list[str], environ: dict[str, str]) -> RawSettings:

@@ -93,6 +93,7 @@ class Plan:
     command_timeout: float
     exports: list[tuple[str, str]]
     request_pty: bool
+    dry_run: bool
     incremental: bool
     prune: bool
     compress: str
@@ -415,6 +416,7 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         command_timeout=values.duration("command_timeout"),
         exports=exports,
         request_pty=values.flag("request_pty"),
+        dry_run=values.flag("dry_run"),
         incremental=values.flag("incremental"),
         prune=values.flag("prune"),
         compress=compress,

@@ -116,6 +116,8 @@ CATALOGUE: tuple[Setting, ...] = (
     # How
     Setting("parallel", "bool", "deploy to all hosts at once", "true", group="behaviour"),
     Setting("sync", "bool", "drone-ssh's name: sync: true means parallel: false", group="behaviour"),
+    Setting("dry_run", "bool", "connect and print per host what would be uploaded, removed, linked and run, "
+            "changing nothing", "false", group="behaviour"),
     Setting("debug", "bool", "show resolved settings (secrets masked), the remote script, and tracebacks",
             "false", group="behaviour"),
 )
