@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sshipit.errors import DeployError
-from sshipit.plan import Credentials, HostKeyPolicy, HostSpec, JumpHop, Plan
+from sshipit.plan import Credentials, HostKeyPolicy, HostSpec, Plan
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection, SSHKey
@@ -73,10 +73,14 @@ class _Endpoint:
 class _Failure(DeployError):
     """A failed connection attempt; `transient` ones (refused, reset, timed out) are worth another try."""
 
-    def __init__(self, error: DeployError, transient: bool) -> None:
+    def __init__(self, error: DeployError, reason: str | None = None) -> None:
         super().__init__(error.message, setting=error.setting, hint=error.hint, phase=error.phase,
                          exit_status=error.exit_status)
-        self.transient = transient
+        self.reason = reason  # set for transient failures only: what to say when a later attempt succeeds
+
+    @property
+    def transient(self) -> bool:
+        return self.reason is not None
 
 
 def _family(algorithm: str) -> str:
@@ -127,9 +131,10 @@ class Tunnels:
     async def _open_chain(self) -> SSHClientConnection:
         await self.close()
         tunnel: SSHClientConnection | None = None
+        via: str | None = None
         for hop in self._plan.jumps:
             endpoint = _Endpoint(hop.host, hop.credentials, hop.host_keys, jump=True, pin_setting=hop.pin_setting)
-            connected = await _connect_retrying(endpoint, self._plan, _fixed(tunnel), self._via(hop))
+            connected = await _connect_retrying(endpoint, self._plan, _fixed(tunnel), via)
             self._open.append(connected.conn)
             for warning in connected.warnings:
                 (self._warn or self.warnings.append)(f"jump host {hop.host.label}: {warning}")
@@ -137,13 +142,9 @@ class Tunnels:
                 self._info(f"jump host {hop.host.label}: connected to {hop.host.hostname}:{hop.host.port} as "
                            f"{hop.host.username} in {connected.seconds:.2f}s"
                            f"{' (host key verified)' if connected.pinned else ''}")
-            tunnel = connected.conn
+            tunnel, via = connected.conn, hop.host.label
         assert tunnel is not None
         return tunnel
-
-    def _via(self, hop: JumpHop) -> str | None:
-        index = self._plan.jumps.index(hop)
-        return self._plan.jumps[index - 1].host.label if index else None
 
     async def close(self) -> None:
         """Close the hops, the last first (each is carried by the one before it)."""
@@ -234,7 +235,7 @@ async def _connect_retrying(endpoint: _Endpoint, plan: Plan,
                                   exit_status=exc.exit_status) from None
             # Jitter spreads the retries of many hosts that failed together (a restarting bastion, a firewall).
             delay = min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX) * random.uniform(0.8, 1.2)
-            notes.append(exc.message.removeprefix(f"{endpoint.name}: "))
+            notes.append(exc.reason or "")
             await asyncio.sleep(delay)
             continue
         if notes:
@@ -306,10 +307,10 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
                 if remaining:
                     options["server_host_key_algs"] = [alg for algs in remaining for alg in algs]
                     continue
-            raise _Failure(_host_key_error(endpoint, offered), transient=False) from None
+            raise _Failure(_host_key_error(endpoint, offered)) from None
         except Exception as exc:
             if offered and policy.pinned and isinstance(exc, asyncssh.KeyExchangeFailed):
-                raise _Failure(_host_key_error(endpoint, offered), transient=False) from None
+                raise _Failure(_host_key_error(endpoint, offered)) from None
             raise _Failure(_connect_error(endpoint, via, plan, exc), _transient(exc)) from None
         break
     key = conn.get_server_host_key()
@@ -327,16 +328,22 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
 _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT}
 
 
-def _transient(exc: BaseException) -> bool:
-    """Refused, reset or timed out: the server may be restarting or rate-limiting; another try may succeed."""
+def _transient(exc: BaseException) -> str | None:
+    """Why an attempt failed, when it is worth another: refused, reset or timed out (a server restarting or
+    rate-limiting). None for everything else."""
     import asyncssh
 
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionRefusedError, ConnectionResetError,
-                        ConnectionAbortedError, asyncssh.ConnectionLost)):
-        return True
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, asyncssh.ConnectionLost)):
+        return "connection reset"
     if isinstance(exc, asyncssh.ChannelOpenError):  # a jump host could not reach the next hop or the target
-        return exc.code == asyncssh.OPEN_CONNECT_FAILED
-    return isinstance(exc, OSError) and not isinstance(exc, socket.gaierror) and exc.errno in _TRANSIENT_ERRNOS
+        return f"jump host: {exc.reason}" if exc.code == asyncssh.OPEN_CONNECT_FAILED else None
+    if isinstance(exc, OSError) and not isinstance(exc, socket.gaierror) and exc.errno in _TRANSIENT_ERRNOS:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _host_key_error(endpoint: _Endpoint, offered: list[SSHKey]) -> DeployError:

@@ -167,7 +167,7 @@ def _check_ip6(address: str, entry: str) -> None:
 
 
 def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:  # not '²' (crashes int) or '١٢'
         raise SettingsError(f"host {entry!r}: port {text!r} is not a number from 1 to 65535", setting="host")
     return int(text)
 

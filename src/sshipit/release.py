@@ -14,6 +14,7 @@ Every remote command is built here from quoted values and runs over the host's o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import re
@@ -157,12 +158,21 @@ class ReleaseManager:
             if line.startswith("LOCKED"):
                 self._holder = process
                 return
+        stderr = ""
+        with contextlib.suppress(Exception):  # why mkdir failed (permission denied, a full disk), if it said
+            stderr = await asyncio.wait_for(process.stderr.read(), 10)
         process.close()
         busy = next((line[5:] for line in lines if line.startswith("BUSY")), "")
         if busy or process.exit_status == 75:
             raise DeployError(
                 f"{self.host.label}: another deploy holds the lock on {self.target}: {busy or 'unknown'}",
                 setting="lock_timeout", hint="wait for it to finish, or raise lock_timeout", phase="release")
+        if stderr.strip():
+            from sshipit.upload import explain_remote_failure
+
+            error = explain_remote_failure(self.host, self.target, stderr, f"creating {self.path(STATE)}")
+            error.phase = "release"
+            raise error
         raise DeployError(f"{self.host.label}: cannot create {self.path(STATE)} (is the target writable?)",
                           setting="target", phase="release")
 

@@ -32,8 +32,8 @@ from sshipit.manifest import (
 from sshipit.plan import HostSpec, Plan
 from sshipit.release import CURRENT, FAILED, OK, RELEASES, ROLLED_BACK, SHARED, ReleaseManager
 from sshipit.remote import probe
-from sshipit.report import Console, HostResult, human_bytes
-from sshipit.upload import UploadStats, remove_paths, upload_sftp, upload_tar
+from sshipit.report import Console, HostResult, error_line, human_bytes
+from sshipit.upload import Progress, UploadStats, remove_paths, upload_sftp, upload_tar
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
@@ -108,11 +108,11 @@ async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet
                               if plan.atomic else "check the network and the server, then deploy again",
                               phase=result.phase) from exc
     except DeployError as exc:
-        result.error = exc.line()
-        result.phase = exc.phase
+        result.error = error_line(exc, host.label, result.phase)
+        result.phase = exc.phase or result.phase
         result.exit_status = exc.exit_status
         result.collateral = isinstance(exc, Collateral)
-        console.error(exc.line(), host)
+        console.error(result.error, host)
     finally:
         fleet.leave(host)
         result.seconds = loop.time() - started
@@ -128,8 +128,8 @@ async def _deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Flee
         connected = await connect(host, plan)
     for warning in connected.warnings:
         console.warn(warning, host)
-    console.info(f"connected to {host.hostname}:{host.port} as {host.username} in {connected.seconds:.2f}s"
-                 f"{' (host key verified)' if connected.pinned else ''}", host)
+    console.phase(host, "connect", f"connected to {host.hostname}:{host.port} as {host.username}"
+                  f"{', host key verified' if connected.pinned else ''}", connected.seconds)
     async with connected.conn as conn:
         if plan.dry_run:
             async with fleet.work:
@@ -159,12 +159,16 @@ async def _upload(
                 setting="atomic" if releases is not None else "commands",
                 hint="give the user a shell with tar, or deploy plain files without commands", phase="upload")
         console.info("the account has no shell: uploading over SFTP", host)
-        result.upload = await upload_sftp(conn, host, plan, entries)
+        progress = Progress.of(entries)
+        async with console.progress(host, progress):
+            result.upload = await upload_sftp(conn, host, plan, entries, progress=progress)
         _report_upload(console, host, result.upload, dest)
         return dest
     if traits.tar == "none":
         console.info("the server has no tar: uploading over SFTP", host)
-        result.upload = await upload_sftp(conn, host, plan, entries, dest=dest)
+        progress = Progress.of(entries)
+        async with console.progress(host, progress):
+            result.upload = await upload_sftp(conn, host, plan, entries, dest=dest, progress=progress)
         _report_upload(console, host, result.upload, dest)
         return dest
 
@@ -186,7 +190,10 @@ async def _upload(
     else:
         manifest_path = user_manifest_path(plain_manifest_key(dest))
     hashes = dict(delta.hashes)
-    stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes)
+    progress = Progress.of(send)
+    async with console.progress(host, progress):
+        stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes,
+                                 progress=progress)
     if plan.incremental:
         stats.skipped_files, stats.skipped_bytes = delta.skipped_files, delta.skipped_bytes
     if releases is None and plan.prune and delta.stale:
@@ -203,13 +210,12 @@ async def _upload(
 
 
 def _report_upload(console: Console, host: HostSpec, stats: UploadStats, dest: str) -> None:
-    text = (f"uploaded {stats.files} files ({human_bytes(stats.bytes)}) to {dest} in {stats.seconds:.2f}s over "
-            f"{stats.method}")
+    text = f"uploaded {stats.files} files ({human_bytes(stats.bytes)}) to {dest} over {stats.method}"
     if stats.skipped_files:
         text += f"; {stats.skipped_files} unchanged files ({human_bytes(stats.skipped_bytes)}) not sent"
     if stats.removed:
         text += f"; pruned {stats.removed} stale files"
-    console.info(text, host)
+    console.phase(host, "upload", text, stats.seconds)
 
 
 async def _dry_run(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console) -> None:
@@ -305,6 +311,9 @@ async def _commands(
     if outcome.exit_status != 0:
         raise DeployError(_failure_text(host, commands, outcome.failed, outcome.exit_status, setting),
                           setting=setting, phase=setting, exit_status=outcome.exit_status)
+    if setting != "healthcheck":  # the health check tells its outcome once, after its retries
+        console.phase(host, setting, f"ran {len(commands)} command{'s' if len(commands) != 1 else ''}",
+                      outcome.seconds)
 
 
 async def _plain(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult) -> None:
@@ -335,6 +344,8 @@ async def _atomic_locked(
 ) -> None:
     spec = plan.release
     new_id: str | None = None
+    clock = asyncio.get_running_loop().time
+    began = clock()  # for the release phase's duration
     async with fleet.work:
         state = await releases.state()
         leftovers = await releases.remove_leftovers(state)
@@ -365,7 +376,7 @@ async def _atomic_locked(
             except DeployError:
                 await _quietly(releases.discard(new_id))
                 raise
-            console.info(f"release {new_id} prepared", host)
+            console.phase(host, "release", f"release {new_id} prepared", clock() - began)
     fleet.arrive("prepared", host, True)
     if not await fleet.prepared.wait():
         if not plan.rollback:
@@ -377,8 +388,9 @@ async def _atomic_locked(
     problem: DeployError | None = None
     result.phase = "switch"
     async with fleet.work:
+        began = clock()
         await releases.switch(new_id)
-        console.info(f"current -> {RELEASES}/{new_id} (was {old or 'none'})", host)
+        console.phase(host, "switch", f"current -> {RELEASES}/{new_id} (was {old or 'none'})", clock() - began)
         try:
             await _after_switch(conn, host, plan, console)
         except DeployError as exc:
@@ -439,7 +451,8 @@ async def _health(conn: SSHClientConnection, host: HostSpec, plan: Plan, console
         try:
             await _commands(conn, host, plan, console, [plan.healthcheck], current, "healthcheck",
                             timeout=remaining, label="health: ")
-            console.info(f"health check passed (attempt {attempt})", host)
+            console.phase(host, "health", f"health check passed (attempt {attempt})",
+                          plan.healthcheck_timeout - (deadline - loop.time()))
             return
         except DeployError as exc:
             if loop.time() + 2 >= deadline:
@@ -451,8 +464,11 @@ async def _health(conn: SSHClientConnection, host: HostSpec, plan: Plan, console
 
 
 async def _quietly(awaitable: object) -> None:
-    """Clean-up that must not hide the error that caused it."""
-    with contextlib.suppress(DeployError, OSError, asyncio.TimeoutError):
+    """Clean-up that must not hide the error that caused it (a dead connection fails clean-up with asyncssh's
+    own errors, which would otherwise replace the precise error line)."""
+    import asyncssh
+
+    with contextlib.suppress(DeployError, OSError, asyncio.TimeoutError, asyncssh.Error):
         await awaitable  # type: ignore[misc]
 
 

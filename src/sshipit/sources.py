@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -142,4 +143,22 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
     if not entries:
         raise SettingsError("sources selected nothing to upload", setting="sources",
                             hint="check the exclusions and strip_components")
+    _refuse_paths_through_links(entries, strip_components)
     return Collected(entries, warnings)
+
+
+def _refuse_paths_through_links(entries: list[Entry], strip_components: int) -> None:
+    """An entry below a symlink entry (globs and strip_components can pair `x` -> /elsewhere with `x/f`) would be
+    written through the link on the server, outside the target: refuse it."""
+    links = {entry.name for entry in entries if entry.kind == "symlink"}
+    if not links:
+        return
+    for entry in entries:
+        parent = posixpath.dirname(entry.name)
+        while parent:
+            if parent in links:
+                raise SettingsError(
+                    f"sources: {entry.name} would be written through the symlink {parent}",
+                    setting="strip_components" if strip_components else "sources",
+                    hint="a path cannot be both a symlink and a directory; exclude one of them")
+            parent = posixpath.dirname(parent)

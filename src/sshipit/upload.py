@@ -45,6 +45,22 @@ class UploadStats:
     removed: int = 0  # stale files pruned
 
 
+@dataclass
+class Progress:
+    """How far an upload got, for the progress display (report.py). Counted where the bytes are read (the tar
+    worker thread, or SFTP's callback): plain ints with one writer, so the reader never needs a lock."""
+
+    total_files: int = 0
+    total_bytes: int = 0
+    files: int = 0
+    bytes: int = 0
+
+    @classmethod
+    def of(cls, entries: list[Entry]) -> Progress:
+        files = [e for e in entries if e.kind == "file"]
+        return cls(total_files=len(files), total_bytes=sum(e.size for e in files))
+
+
 STAGING = ".sshipit-upload."
 
 
@@ -63,17 +79,20 @@ def staged_extract(unpack: str, rm: bool, delete: list[str], nonce: str) -> list
     """Extract into a hidden staging directory, then hard-link everything into place and drop the staging.
 
     Until the whole stream has arrived and unpacked, the target is untouched: a cut connection or a full disk
-    leaves no half-written file there, only the staging directory, which a later upload removes. Each file is
+    leaves no half-written file there. A failed extraction removes the staging directory itself; one left by a
+    killed server or shell is removed by a later upload (see below). Each file is
     then replaced by a link to a complete copy (never rewritten in place). The staging name is unique, so two
     deploys at once do not collide; stale ones (older than an hour) are cleaned up.
     """
     staging = STAGING + nonce
+    # A failed step removes the staging at once: after a full disk, the next deploy needs that space back.
+    or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; exit $rc; }}"
     return [
         f"{{ find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null || true; }}",
         f"mkdir -- {staging}",
-        f"( cd -- {staging} && {unpack} )",
+        f"{{ ( cd -- {staging} && {unpack} ) {or_drop}; }}",
         *clear_commands(rm, delete, keep=staging),
-        f"cp -alf -- {staging}/. .",
+        f"{{ cp -alf -- {staging}/. . {or_drop}; }}",
         f"rm -rf -- {staging}",
     ]
 
@@ -94,10 +113,13 @@ def tar_header(entry: Entry) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
-def tar_stream(entries: list[Entry], hashes: dict[str, str] | None = None) -> Iterator[bytes]:
+def tar_stream(
+    entries: list[Entry], hashes: dict[str, str] | None = None, progress: Progress | None = None
+) -> Iterator[bytes]:
     """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error.
 
-    With `hashes`, each file's SHA-256 is computed on the way (it is read anyway) for the next manifest.
+    With `hashes`, each file's SHA-256 is computed on the way (it is read anyway) for the next manifest; with
+    `progress`, the file content read so far is counted.
     """
     pending = bytearray()
     for entry in entries:
@@ -114,6 +136,8 @@ def tar_stream(entries: list[Entry], hashes: dict[str, str] | None = None) -> It
                     remaining -= len(piece)
                     if digest is not None:
                         digest.update(piece)
+                    if progress is not None:
+                        progress.bytes += len(piece)
                     pending += piece
                     if len(pending) >= CHUNK:
                         yield bytes(pending)
@@ -121,6 +145,8 @@ def tar_stream(entries: list[Entry], hashes: dict[str, str] | None = None) -> It
             pending += b"\0" * (-entry.size % _BLOCK)
             if digest is not None and hashes is not None:
                 hashes[entry.name] = digest.hexdigest()
+            if progress is not None:
+                progress.files += 1
         if len(pending) >= CHUNK:
             yield bytes(pending)
             pending.clear()
@@ -163,7 +189,9 @@ def _compressor(kind: str) -> _Compressor | None:
 _DONE = object()
 
 
-async def stream(entries: list[Entry], hashes: dict[str, str] | None, compression: str) -> AsyncIterator[bytes]:
+async def stream(
+    entries: list[Entry], hashes: dict[str, str] | None, compression: str, progress: Progress | None = None
+) -> AsyncIterator[bytes]:
     """The tar stream, produced in a worker thread (file reads, hashing, framing and compression release the GIL)
     while the event loop encrypts and sends; at most a few chunks are in flight, so memory stays bounded."""
     loop = asyncio.get_running_loop()
@@ -183,7 +211,7 @@ async def stream(entries: list[Entry], hashes: dict[str, str] | None, compressio
     def work() -> None:
         try:
             compressor = _compressor(compression)
-            for chunk in tar_stream(entries, hashes):
+            for chunk in tar_stream(entries, hashes, progress):
                 if compressor is not None:
                     chunk = compressor.compress(chunk)
                 if chunk and not put(chunk):
@@ -231,7 +259,7 @@ def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) 
 
 async def upload_tar(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry], dest: str,
-    clear: bool = True, hashes: dict[str, str] | None = None,
+    clear: bool = True, hashes: dict[str, str] | None = None, progress: Progress | None = None,
 ) -> UploadStats:
     """Stream `entries` into `dest` (created if missing); with `clear`, apply rm/delete there first."""
     import asyncssh
@@ -255,7 +283,7 @@ async def upload_tar(
     broken: BaseException | None = None
     try:
         if entries:
-            async for chunk in stream(entries, hashes, compression):
+            async for chunk in stream(entries, hashes, compression, progress):
                 process.stdin.write(chunk)
                 stats.wire_bytes += len(chunk)
                 await process.stdin.drain()
@@ -281,7 +309,8 @@ async def upload_tar(
 
 
 async def upload_sftp(
-    conn: SSHClientConnection, host: HostSpec, plan: Plan, entries: list[Entry], dest: str | None = None
+    conn: SSHClientConnection, host: HostSpec, plan: Plan, entries: list[Entry], dest: str | None = None,
+    progress: Progress | None = None,
 ) -> UploadStats:
     """The fallback for accounts that allow SFTP only: many files in flight, each with pipelined requests."""
     import asyncssh
@@ -316,8 +345,17 @@ async def upload_sftp(
                         parent = posixpath.dirname(remote)
                         if parent:
                             await sftp.makedirs(parent, exist_ok=True)
+                        copied = [0]  # this file's bytes already counted: the callback reports running totals
+
+                        def count(_src: bytes, _dst: bytes, done: int, _total: int) -> None:
+                            if progress is not None:
+                                progress.bytes += done - copied[0]
+                                copied[0] = done
+
                         await sftp.put(str(entry.local), remote, preserve=True, block_size=CHUNK // 2,
-                                       max_requests=16)
+                                       max_requests=16, progress_handler=count)
+                        if progress is not None:
+                            progress.files += 1
 
             await asyncio.gather(*(send(e) for e in entries if e.kind != "dir"))
             for entry in sorted(dirs, key=lambda e: -e.name.count("/")):
