@@ -183,10 +183,12 @@ def normalise_key_text(text: str) -> str:
     return text + "\n"
 
 
-def load_key(text: str, passphrase: str | None, origin: str) -> SSHKey:
+def load_key(text: str, passphrase: str | None, origin: str, passphrase_setting: str = "passphrase") -> SSHKey:
+    """Parse private key text from setting `origin`; errors name the setting to fix."""
     import asyncssh
 
     kind_hint = "expected an OpenSSH or PEM private key (RSA, ECDSA or Ed25519)"
+    the_passphrase = "the passphrase" if passphrase_setting == "passphrase" else passphrase_setting
     if "PRIVATE KEY" not in text:
         if text.startswith(("ssh-", "ecdsa-")):
             raise SettingsError(f"{origin} holds a public key, not a private key", setting=origin,
@@ -198,18 +200,44 @@ def load_key(text: str, passphrase: str | None, origin: str) -> SSHKey:
         if "bcrypt" in str(exc):  # not the passphrase's fault: this install cannot decrypt OpenSSH-format keys
             raise SettingsError(f"{origin} is an encrypted OpenSSH key and the bcrypt package is missing",
                                 setting=origin, hint="install sshipit with its dependencies (bcrypt)") from None
-        if passphrase:
-            raise SettingsError(f"the passphrase does not decrypt {origin}", setting="passphrase",
-                                hint="check the passphrase secret") from None
-        raise SettingsError(f"{origin} is encrypted", setting="passphrase",
-                            hint="set passphrase to the key's passphrase") from None
+        wrong = bool(passphrase)
     except asyncssh.KeyImportError as exc:
         # A wrong passphrase on a PEM key reads "Unable to decrypt PKCS#1 private key" (PKCS#8 likewise).
-        if "passphrase" in str(exc).lower() or (passphrase and "unable to decrypt" in str(exc).lower()):
-            setting = "passphrase"
-            message = f"{origin} is encrypted" if not passphrase else f"the passphrase does not decrypt {origin}"
-            raise SettingsError(message, setting=setting, hint="check the passphrase") from None
-        raise SettingsError(f"{origin} could not be read ({exc})", setting=origin, hint=kind_hint) from None
+        if not ("passphrase" in str(exc).lower() or (passphrase and "unable to decrypt" in str(exc).lower())):
+            raise SettingsError(f"{origin} could not be read ({exc})", setting=origin, hint=kind_hint) from None
+        wrong = bool(passphrase)
+    if wrong:
+        raise SettingsError(f"{the_passphrase} does not decrypt {origin}", setting=passphrase_setting,
+                            hint=f"check the {passphrase_setting} secret")
+    raise SettingsError(f"{origin} is encrypted", setting=passphrase_setting,
+                        hint=f"set {passphrase_setting} to the key's passphrase")
+
+
+def load_keys(credentials: Credentials, values: _Values, workspace: Path, prefix: str = "") -> None:
+    """Add the keys of `<prefix>key` (text) and `<prefix>key_path` (a file) to `credentials`.
+
+    prefix is "" for the targets and "proxy_" for jump hosts; a jump host's key falls back to the main passphrase.
+    """
+    passphrase = values.text(f"{prefix}passphrase") or values.text("passphrase") or None
+    for setting in (f"{prefix}key", f"{prefix}key_path"):
+        value = values.text(setting)
+        if not value:
+            continue
+        text = value if not setting.endswith("_path") else _read_key_file(value, workspace, setting)
+        key = load_key(normalise_key_text(text), passphrase, setting, f"{prefix}passphrase")
+        credentials.keys.append(key)
+        credentials.key_descriptions.append(_key_label(key, setting))
+
+
+def _read_key_file(path_text: str, workspace: Path, setting: str) -> str:
+    path = Path(os.path.expanduser(path_text))
+    if not path.is_absolute():
+        path = workspace / path
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a text file"
+        raise SettingsError(f"cannot read {setting} {path_text}: {reason}", setting=setting) from None
 
 
 def _key_label(key: SSHKey, origin: str) -> str:
@@ -287,25 +315,7 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
 
     # Credentials: parsed once here, kept in memory only.
     credentials = Credentials(password=values.text("password") or None)
-    passphrase = values.text("passphrase") or None
-    key_text = values.text("key")
-    if key_text:
-        key = load_key(normalise_key_text(key_text), passphrase, "key")
-        credentials.keys.append(key)
-        credentials.key_descriptions.append(_key_label(key, "key"))
-    key_path = values.text("key_path")
-    if key_path:
-        path = Path(os.path.expanduser(key_path))
-        if not path.is_absolute():
-            path = workspace / path
-        try:
-            file_text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not a text file"
-            raise SettingsError(f"cannot read key_path {key_path}: {reason}", setting="key_path") from None
-        key = load_key(normalise_key_text(file_text), passphrase, "key_path")
-        credentials.keys.append(key)
-        credentials.key_descriptions.append(_key_label(key, "key_path"))
+    load_keys(credentials, values, workspace)
     credentials.agent_path = environ.get("SSH_AUTH_SOCK") or None
     if not credentials.keys and not credentials.password and not credentials.agent_path:
         raise SettingsError(
@@ -314,13 +324,7 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         )
 
     # Host keys
-    fingerprints = []
-    for fingerprint in values.items("fingerprint"):
-        fp = fingerprint.strip()
-        if not fp.startswith("SHA256:"):
-            raise SettingsError(f"fingerprint {fp!r} is not a SHA256 fingerprint", setting="fingerprint",
-                                hint="copy it from `ssh-keygen -lf` or from sshipit's warning (SHA256:...)")
-        fingerprints.append(fp.rstrip("="))
+    fingerprints = [_pin(fingerprint, "fingerprint") for fingerprint in values.items("fingerprint")]
     known_hosts = values.text("known_hosts")
     if known_hosts:
         import asyncssh
@@ -591,26 +595,7 @@ def _jumps(plan: Plan, values: _Values) -> list[JumpHop]:
     if any(values.has(name) for name in ("proxy_password", "proxy_key", "proxy_key_path")):
         credentials = Credentials(password=values.text("proxy_password") or None,
                                   agent_path=plan.credentials.agent_path)
-        passphrase = values.text("proxy_passphrase") or values.text("passphrase") or None
-        key_text = values.text("proxy_key")
-        if key_text:
-            key = _proxy_key(normalise_key_text(key_text), passphrase, "proxy_key")
-            credentials.keys.append(key)
-            credentials.key_descriptions.append(_key_label(key, "proxy_key"))
-        key_path = values.text("proxy_key_path")
-        if key_path:
-            path = Path(os.path.expanduser(key_path))
-            if not path.is_absolute():
-                path = plan.workspace / path
-            try:
-                file_text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or "not a text file"
-                raise SettingsError(f"cannot read proxy_key_path {key_path}: {reason}",
-                                    setting="proxy_key_path") from None
-            key = _proxy_key(normalise_key_text(file_text), passphrase, "proxy_key_path")
-            credentials.keys.append(key)
-            credentials.key_descriptions.append(_key_label(key, "proxy_key_path"))
+        load_keys(credentials, values, plan.workspace, prefix="proxy_")
     elif values.has("proxy_passphrase"):
         raise SettingsError("proxy_passphrase is set but neither proxy_key nor proxy_key_path is",
                             setting="proxy_passphrase", hint="set proxy_key, or remove proxy_passphrase")
@@ -630,17 +615,6 @@ def _jumps(plan: Plan, values: _Values) -> list[JumpHop]:
                                 hint=exc.hint) from None
         hops.append(JumpHop(spec, credentials, host_keys, pin_setting))
     return hops
-
-
-def _proxy_key(text: str, passphrase: str | None, origin: str) -> SSHKey:
-    try:
-        return load_key(text, passphrase, origin)
-    except SettingsError as exc:
-        if exc.setting != "passphrase":
-            raise
-        # load_key names `passphrase`; for a jump host's key the setting to fix is proxy_passphrase.
-        raise SettingsError(exc.message.replace("the passphrase", "proxy_passphrase"), setting="proxy_passphrase",
-                            hint="set proxy_passphrase to the key's passphrase") from None
 
 
 def _pin(fingerprint: str, setting: str) -> str:
