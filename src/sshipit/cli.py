@@ -10,11 +10,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sshipit import __version__
 from sshipit.errors import EXIT_FAILED, EXIT_SETTINGS, DeployError
 from sshipit.settings import CATALOGUE, Raw, RawSettings, from_environment
+
+if TYPE_CHECKING:
+    from sshipit.report import Console
 
 _EPILOG = """\
 Every setting can also be given as an environment variable: PLUGIN_<NAME> (Drone, Woodpecker) or
@@ -79,11 +85,25 @@ def read_settings(argv: list[str], environ: dict[str, str]) -> RawSettings:
     return raw
 
 
+def _forget_credentials() -> None:
+    """Take the credential settings out of this process's environment once read: a child process would inherit
+    them (asyncssh runs `ldconfig -p` through ctypes.util.find_library when it is imported)."""
+    from sshipit.settings import PREFIXES, lookup
+
+    for name in list(os.environ):
+        prefix = next((p for p in PREFIXES if name.startswith(p)), None)
+        setting = lookup(name[len(prefix):]) if prefix else None
+        if setting is not None and setting.secret:
+            del os.environ[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     environ = dict(os.environ)
+    _forget_credentials()
     debug = False
-    from sshipit.report import Console
+    started = time.monotonic()
+    from sshipit.report import Console, error_line
 
     console = Console()
     try:
@@ -104,10 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         from sshipit.deploy import deploy, exit_status
 
         results = asyncio.run(deploy(plan, console))
-        console.summary(results)
-        return exit_status(results)
+        seconds = time.monotonic() - started
+        console.summary(results, seconds)
+        status = exit_status(results)
+        _ci_report(console, environ, seconds, status, results=results, plan=plan)
+        return status
     except DeployError as exc:
-        console.error(exc.line())
+        line = error_line(exc)
+        console.error(line)
+        _ci_report(console, environ, time.monotonic() - started, exc.exit_status, error=line)
         return exc.exit_status
     except KeyboardInterrupt:
         console.error("interrupted")
@@ -121,3 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         console.error(f"internal error: {type(exc).__name__}: {exc} (run with debug: true for details)")
         return EXIT_FAILED
+
+
+def _ci_report(console: Console, environ: Mapping[str, str], seconds: float, status: int, **what: Any) -> None:
+    """Drone's card, GitHub's summary and outputs: extras that must never change how the deploy ends."""
+    try:
+        from sshipit.ci_report import publish
+
+        publish(console, environ, seconds, status, **what)
+    except Exception as exc:  # a bug in the extras: one warning, the deploy's own status stands
+        console.warn(f"could not write the CI report: {type(exc).__name__}: {exc}")
