@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sshipit.report import Console, HostResult, human_bytes
 
@@ -48,7 +47,7 @@ def publish(
     output_path = environ.get("GITHUB_OUTPUT", "")
     if not (card_path or summary_path or output_path):
         return
-    data = _masked(card_data(results or [], plan, environ, seconds, status, error), console)
+    data = cast(dict[str, object], _masked(card_data(results or [], plan, environ, seconds, status, error), console))
     problems: list[str] = []
     if card_path:
         text = json.dumps({"schema": CARD_SCHEMA, "data": data}, sort_keys=True)
@@ -177,7 +176,3 @@ def _write(name: str, path: str, text: str, mode: str) -> list[str]:
     except OSError as exc:
         return [f"{name} ({path}): {exc.strerror or exc}"]
     return []
-
-
-__all__ = ["CARD_SCHEMA", "card_data", "markdown", "publish"]
-_ = os  # noqa: keep `os` importable for callers patching the environment in tests

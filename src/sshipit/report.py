@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 PROGRESS_AFTER = 3.0  # seconds: a shorter upload shows no progress at all
 PLAIN_EVERY = 5.0  # seconds between progress lines in a CI log (more would drown the log)
-BAR_EVERY = 0.25  # seconds between redraws of the bar on a terminal
+BAR_EVERY = 0.25  # seconds between redraws of the bar on a terminal (and between samples of the rate)
+RATE_WINDOW = 5.0  # the rate, and so the ETA, is measured over this many recent seconds, not since the start:
+# the first seconds fill the pipe's buffers faster than the link drains them
 
 _SGR = {"error": "31", "warn": "33", "ok": "32", "command": "1"}  # red, yellow, green, bold
 
@@ -69,7 +71,7 @@ def error_line(error: DeployError, label: str | None = None, phase: str | None =
         elif text.startswith(f"{label} (") and "): " in text:  # `web1 (10.0.0.5 port 22): refused`
             inside, after = text[len(label) + 2:].split("): ", 1)
             rest = f"{inside}: {after}"
-        text = rest if rest.startswith(f"{label}: {phase}: ") else f"{label}: {phase}: {rest}"
+        text = f"{label}: {rest}" if rest.startswith(f"{phase}: ") else f"{label}: {phase}: {rest}"
     elif phase and not text.startswith(f"{phase}: "):
         text = f"{phase}: {text}"
     setting = error.setting or _PHASE_SETTING.get(phase or "")
@@ -88,29 +90,27 @@ def duration_text(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def _rates(progress: Progress, elapsed: float) -> tuple[float, float, str]:
-    """Fraction done, bytes per second, time left."""
-    total = max(progress.total_bytes, 1)
-    fraction = min(progress.bytes / total, 1.0) if progress.total_bytes else 1.0
-    rate = progress.bytes / elapsed if elapsed > 0 else 0.0
+def _done(progress: Progress, rate: float) -> tuple[float, str]:
+    """Fraction done and time left at `rate` bytes per second."""
+    fraction = min(progress.bytes / progress.total_bytes, 1.0) if progress.total_bytes else 1.0
     left = duration_text((progress.total_bytes - progress.bytes) / rate) if rate > 0 else "unknown"
-    return fraction, rate, left
+    return fraction, left
 
 
-def progress_line(progress: Progress, elapsed: float) -> str:
+def progress_line(progress: Progress, rate: float) -> str:
     """The plain progress line of a CI log."""
-    fraction, rate, left = _rates(progress, elapsed)
+    fraction, left = _done(progress, rate)
     return (f"{progress.files} of {progress.total_files} files, {human_bytes(progress.bytes)} of "
             f"{human_bytes(progress.total_bytes)} ({fraction:.0%}), {human_bytes(rate)}/s, about {left} left")
 
 
-def progress_bar(progress: Progress, elapsed: float, width: int = 24) -> tuple[str, str]:
-    """The terminal's bar, in full (one host) and compact (one of several hosts sharing the line)."""
-    fraction, rate, left = _rates(progress, elapsed)
+def progress_bar(progress: Progress, rate: float, width: int = 16) -> tuple[str, str]:
+    """The terminal's bar, in full (one host; fits 80 columns) and compact (one of several hosts on the line)."""
+    fraction, left = _done(progress, rate)
     filled = int(width * fraction)
-    full = (f"upload [{'#' * filled}{'-' * (width - filled)}] {fraction:4.0%}  {human_bytes(progress.bytes)} of "
-            f"{human_bytes(progress.total_bytes)}  {progress.files}/{progress.total_files} files  "
-            f"{human_bytes(rate)}/s  ETA {left}")
+    full = (f"upload [{'#' * filled}{'-' * (width - filled)}] {fraction:.0%} {human_bytes(progress.bytes)}/"
+            f"{human_bytes(progress.total_bytes)} {progress.files}/{progress.total_files} files "
+            f"{human_bytes(rate)}/s ETA {left}")
     return full, f"{fraction:.0%} {human_bytes(rate)}/s ETA {left}"
 
 
@@ -231,20 +231,29 @@ class Console:
 
     async def _follow(self, host: HostSpec, progress: Progress) -> None:
         import asyncio
+        from collections import deque
 
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await asyncio.sleep(PROGRESS_AFTER)
+        samples = deque([(started, 0)])  # (time, bytes): the oldest is the start of the rate's window
+        printed: float | None = None
         while True:
-            elapsed = loop.time() - started
+            await asyncio.sleep(BAR_EVERY)
+            now = loop.time()
+            samples.append((now, progress.bytes))
+            while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+                samples.popleft()
+            if now - started < PROGRESS_AFTER:
+                continue
+            then, count = samples[0]
+            rate = (progress.bytes - count) / (now - then) if now > then else 0.0
             if self.live:
-                self._bars[host.label] = progress_bar(progress, elapsed)
+                self._bars[host.label] = progress_bar(progress, rate)
                 self._erase_bar()
                 self._draw_bar()
-                await asyncio.sleep(BAR_EVERY)
-            else:
-                self.info("upload: " + progress_line(progress, elapsed), host)
-                await asyncio.sleep(PLAIN_EVERY)
+            elif printed is None or now - printed >= PLAIN_EVERY - BAR_EVERY / 2:
+                self.info("upload: " + progress_line(progress, rate), host)
+                printed = now
 
     def warn(self, text: str, host: HostSpec | None = None) -> None:
         self._write(self.err, self._tag(host) + "warning: " + text, "warn")
@@ -284,7 +293,8 @@ class Console:
             cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]),
                      row[3].rjust(widths[3]), row[4].rjust(widths[4]), row[5]]
             tone = {"ok": "ok", "FAILED": "error", "skipped": "warn"}.get(row[0])
-            self._emit(self.out, [("  ", None), (cells[0], tone), (("  " + "  ".join(cells[1:])).rstrip(), None)])
+            pad = cells[0][len(row[0]):]  # painted: the word, not its padding
+            self._emit(self.out, [("  ", None), (row[0], tone), ((pad + "  " + "  ".join(cells[1:])).rstrip(), None)])
         if self.atomic and any(not r.ok for r in results):
             new = [r for r in results if r.ok]
             old = [r for r in results if not r.ok]

@@ -129,7 +129,7 @@ async def _deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Flee
     for warning in connected.warnings:
         console.warn(warning, host)
     console.phase(host, "connect", f"connected to {host.hostname}:{host.port} as {host.username}"
-                  f"{', host key verified' if connected.pinned else ''}", connected.seconds)
+                  f"{' (host key verified)' if connected.pinned else ''}", connected.seconds)
     async with connected.conn as conn:
         if plan.dry_run:
             async with fleet.work:
