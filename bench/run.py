@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""sshipit's benchmark: sshipit against the tools users would pick instead, in one run, interleaved.
+
+    python3 bench/run.py            # full workload, 3 runs each (as root: loopback and a 50 Mbit/s link)
+    python3 bench/run.py --quick    # tiny workload, 1 run: a smoke test (well under a minute)
+
+Writes bench/results/latest.md (also printed), latest.json (every run's raw numbers) and latest.png.
+See the README's Benchmark section for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(1, str(REPO / "src"))
+
+import measure  # noqa: E402
+import report  # noqa: E402
+import servers  # noqa: E402
+import workload  # noqa: E402
+from scenarios import Scenario, scenarios  # noqa: E402
+from servers import Endpoint  # noqa: E402
+from tools import BY_KEY, TOOLS, Context, Tool  # noqa: E402
+
+from sshipit.localserver import generate_key  # noqa: E402
+
+NEEDED_COMMANDS = ("ssh", "scp", "rsync", "tar", "gzip", "ssh-keygen", "/usr/sbin/sshd")
+NEEDED_MODULES = ("paramiko", "matplotlib", "asyncssh")
+LOCK = Path(tempfile.gettempdir()) / "sshipit-bench.lock"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def missing_requirements() -> list[str]:
+    missing = [cmd for cmd in NEEDED_COMMANDS if shutil.which(cmd) is None]
+    missing += [f"python module {m} (pip install -r bench/requirements.txt)" for m in NEEDED_MODULES
+                if importlib.util.find_spec(m) is None]
+    return missing
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.runs: list[dict] = []
+        self.scratch = Path(tempfile.mkdtemp(prefix="sshipit-bench-"))
+        self.scratch.chmod(0o711)  # the servers' login users read authorized_keys in here
+        self.local_servers: list = []
+        self.slow: servers.SlowLink | None = None
+        self.counter = servers.ByteCounter()
+        self.endpoints: dict[str, list[Endpoint]] = {}  # link -> servers (fan-out adds loopback ones)
+        self.targets: set[tuple[Path, str]] = set()
+
+    # -- set-up ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        args = self.args
+        spec = workload.Spec.quick() if args.quick else workload.Spec.full()
+        self.workload = workload.ensure(Path(args.cache), spec, log)
+        self.key = generate_key(self.scratch, "ed25519", name="bench_key")
+        src = self.scratch / "src"
+        shutil.copytree(REPO / "src" / "sshipit", src / "sshipit",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # one version for the whole run
+        home = self.scratch / "client-home"
+        home.mkdir()
+        self.ctx = Context(key=self.key.private_path, scratch=self.scratch, sshipit_src=src, home=home)
+        servers.remove_leftovers()
+        started = servers.loopback_servers(self.scratch, self.key.public_text, [None])
+        self.local_servers += [s for s, _ in started]
+        self.endpoints["loopback"] = [ep for _, ep in started]
+        if "50mbit" in self.links:
+            self.slow = servers.SlowLink(self.scratch, self.key.public_text)
+            self.endpoints["50mbit"] = [self.slow.start()]
+        self.counter.start([ep for eps in self.endpoints.values() for ep in eps])
+        if not self.counter.active:
+            log("bytes on the wire: not measured (needs root and iptables)")
+
+    def fanout_endpoints(self, hosts: int) -> list[Endpoint]:
+        eps = self.endpoints["loopback"]
+        if len(eps) < hosts:
+            users = [f"sshipit-bench{n}" for n in range(len(eps) + 1, hosts + 1)]
+            if not servers.is_root():
+                raise RuntimeError("fan-out needs root (one login user per server)")
+            log(f"starting {len(users)} more loopback sshd servers (login users {users[0]}..{users[-1]})")
+            started = servers.loopback_servers(self.scratch / "fanout", self.key.public_text, users)
+            self.local_servers += [s for s, _ in started]
+            for _, ep in started:
+                eps.append(ep)
+                self.counter.add(ep)
+        return eps[:hosts]
+
+    def close(self) -> None:
+        for ep_home, target in self.targets:
+            shutil.rmtree(ep_home / target, ignore_errors=True)
+        for home in {h for h, _ in self.targets}:
+            shutil.rmtree(home / "sshipit-bench", ignore_errors=True)
+        self.counter.close()
+        if self.slow is not None:
+            self.slow.close()
+        for server in self.local_servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    # -- the runs ----------------------------------------------------------------
+
+    @property
+    def links(self) -> list[str]:
+        if self.args.loopback_only or not servers.is_root():
+            return ["loopback"]
+        return ["loopback", "50mbit"]
+
+    def tools_for(self, scenario: Scenario, link: str) -> list[Tool]:
+        chosen = [BY_KEY[k] for k in self.args.tools] if self.args.tools else TOOLS
+        return [t for t in chosen if link in t.links and (scenario.tools is None or t.key in scenario.tools)]
+
+    def run_all(self) -> None:
+        chosen = [s for s in scenarios(self.args.quick) if not self.args.scenarios or
+                  s.key in self.args.scenarios or s.key.split("-")[0] in self.args.scenarios]
+        for link in self.links:
+            for scenario in chosen:
+                if link not in scenario.links and not self.args.all_links:
+                    continue
+                if scenario.hosts > 1 and not servers.is_root():
+                    log(f"skipping {scenario.key}: several hosts need root (one login user per server)")
+                    continue
+                reps = self.args.runs if link == "loopback" else self.args.slow_runs
+                tools = self.tools_for(scenario, link)
+                for rep in range(reps):
+                    shift = rep % len(tools)  # round robin: each tool goes first once in a while
+                    for tool in tools[shift:] + tools[:shift]:
+                        self.one(link, scenario, tool, rep, reps)
+
+    def server_eps(self, link: str, scenario: Scenario) -> tuple[list[Endpoint], list[Endpoint]]:
+        """(servers of the timed run, loopback servers of the same login users, for preparing)."""
+        if scenario.hosts > 1 or scenario.key.startswith("fanout"):
+            eps = self.fanout_endpoints(scenario.hosts)
+            return eps, eps
+        eps = self.endpoints[link]
+        return eps, self.endpoints["loopback"][: len(eps)]
+
+    def one(self, link: str, scenario: Scenario, tool: Tool, rep: int, reps: int) -> None:
+        eps, prep_eps = self.server_eps(link, scenario)
+        place = "fanout" if scenario.hosts > 1 or scenario.key.startswith("fanout") else link
+        target = f"sshipit-bench/{place}/{tool.key}"
+        workspace = self.workload.variant(scenario.variant)
+        record: dict = {"link": link, "scenario": scenario.key, "tool": tool.key, "rep": rep, "hosts": len(eps)}
+        try:
+            self.prepare(scenario, tool, eps, prep_eps, target)
+        except RuntimeError as exc:
+            record.update(ok=False, error=f"preparing: {exc}")
+            self.runs.append(record)
+            log(f"[{link} {scenario.key} {rep + 1}/{reps}] {tool.label}: PREPARE FAILED: {exc}")
+            return
+        before = self.counter.read()
+        runlog = self.scratch / "run.log"
+        measured = measure.run(tool.command(eps, workspace, target, self.ctx), cwd=workspace, env=self.ctx.env(),
+                               timeout=self.args.timeout, log=runlog)
+        after = self.counter.read()
+        keys = [(ep.host, ep.port) for ep in eps]
+        if self.counter.active:
+            record["sent"] = sum(after.get(k, (0, 0))[0] - before.get(k, (0, 0))[0] for k in keys)
+            record["received"] = sum(after.get(k, (0, 0))[1] - before.get(k, (0, 0))[1] for k in keys)
+        record.update(seconds=measured.seconds, peak_rss=measured.peak_rss, returncode=measured.returncode)
+        problem = None
+        if measured.returncode != 0 or measured.timed_out:
+            why = "timed out" if measured.timed_out else f"exit status {measured.returncode}"
+            problem = f"{why}: {measured.output.strip()[-600:]}"
+        else:
+            problem = self.verify(workspace, eps, target)
+        record["ok"] = problem is None
+        if problem:
+            record["error"] = problem
+        if tool.key == "sshipit":
+            record["output"] = measured.output[-1500:]
+        self.runs.append(record)
+        sent = f", {record['sent'] / 1e6:.1f} MB sent" if "sent" in record else ""
+        status = "" if problem is None else f"  FAILED: {problem[:300]}"
+        log(f"[{link} {scenario.key} {rep + 1}/{reps}] {tool.label}: {measured.seconds:.2f} s{sent}, "
+            f"{measured.peak_rss / 1e6:.0f} MB peak{status}")
+
+    # -- preparing and checking targets (as root, on this machine's file system) ---------------------
+
+    def prepare(self, scenario: Scenario, tool: Tool, eps: list[Endpoint], prep_eps: list[Endpoint],
+                target: str) -> None:
+        for ep in eps:
+            self.targets.add((ep.home, target))
+        if scenario.previous is None:
+            for ep in eps:
+                self.clear(ep, target)
+        else:
+            previous = self.workload.variant(scenario.previous)
+            now = time.time()
+            if self.args.keep_mtimes:
+                workload.set_mtimes(previous / "app", workload.FIXED_MTIME)
+            else:
+                workload.set_mtimes(previous / "app", now - 3600)
+            if tool.incremental:
+                # The previous deploy made by the tool itself (over loopback: same login users, same paths).
+                prep = measure.run(tool.command(prep_eps, previous, target, self.ctx), cwd=previous,
+                                   env=self.ctx.env(), timeout=self.args.timeout, log=self.scratch / "prep.log")
+                if prep.returncode != 0:
+                    raise RuntimeError(f"exit status {prep.returncode}: {prep.output.strip()[-400:]}")
+            else:  # it resends everything anyway: a local copy is the same starting point, and faster
+                for ep in eps:
+                    self.copy(previous, ep, target)
+            current = self.workload.variant(scenario.variant) / "app"
+            if self.args.keep_mtimes:  # an editor's save: only the changed files get a new mtime
+                for name in self.workload.changed:
+                    if (current / name).exists() and scenario.variant != scenario.previous:
+                        os.utime(current / name, (now, now))
+            else:  # a CI checkout and build: every file is new
+                workload.set_mtimes(current, now)
+        os.sync()  # the previous run's writes must not be flushed during this one
+
+    def clear(self, ep: Endpoint, target: str) -> None:
+        path = ep.home / target
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(ep.home / ".cache" / "sshipit", ignore_errors=True)  # sshipit's manifests
+        uid, gid = ep.uid_gid
+        for part in [*reversed(Path(target).parents), Path(target)]:
+            if str(part) == ".":
+                continue
+            (ep.home / part).mkdir(exist_ok=True)
+            os.chown(ep.home / part, uid, gid)
+
+    def copy(self, workspace: Path, ep: Endpoint, target: str) -> None:
+        self.clear_parent(ep, target)
+        uid, gid = ep.uid_gid
+        subprocess.run(["rsync", "-a", "--delete", f"--chown={uid}:{gid}", f"{workspace}/app/", f"{ep.home / target}/"],
+                       check=True, capture_output=True)
+
+    def clear_parent(self, ep: Endpoint, target: str) -> None:
+        uid, gid = ep.uid_gid
+        for part in reversed(Path(target).parents):
+            if str(part) != ".":
+                (ep.home / part).mkdir(exist_ok=True)
+                os.chown(ep.home / part, uid, gid)
+
+    def verify(self, workspace: Path, eps: list[Endpoint], target: str) -> str | None:
+        """Every local file landed with its size; the changed files and a sample of others byte for byte."""
+        local = dict(workload.iter_files(workspace / "app"))
+        rng = random.Random(len(self.runs))
+        sample = set(rng.sample(sorted(local), min(40, len(local)))) | set(self.workload.changed)
+        for ep in eps:
+            remote = dict(workload.iter_files(ep.home / target))
+            missing = [p for p, size in local.items() if remote.get(p) != size]
+            if missing:
+                return f"{ep.spec}: {len(missing)} files missing or of the wrong size, e.g. {missing[:3]}"
+            for name in sample:
+                if name in local and not _same(workspace / "app" / name, ep.home / target / name):
+                    return f"{ep.spec}: {name} differs from the local file"
+        return None
+
+
+def _same(a: Path, b: Path) -> bool:
+    size = a.stat().st_size
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        if size <= 8 << 20:
+            return fa.read() == fb.read()
+        for offset in (0, size // 2, max(0, size - (1 << 20))):
+            fa.seek(offset)
+            fb.seek(offset)
+            if fa.read(1 << 20) != fb.read(1 << 20):
+                return False
+        return True
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return proc.stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "src_dirty": "yes" if git("status", "--porcelain", "--", "src") else "no"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny workload, 1 run each: a smoke test")
+    parser.add_argument("--loopback-only", action="store_true", help="skip the 50 Mbit/s link")
+    parser.add_argument("--runs", type=int, help="runs per tool and scenario on loopback (default 3; --quick 1)")
+    parser.add_argument("--slow-runs", type=int, help="runs per tool and scenario on the 50 Mbit/s link "
+                        "(default: --runs)")
+    parser.add_argument("--tools", nargs="+", choices=[t.key for t in TOOLS], help="only these tools")
+    parser.add_argument("--scenarios", nargs="+", help="only these scenarios (fresh nochange changed large fanout "
+                        "or fanout-N)")
+    parser.add_argument("--all-links", action="store_true", help="run every scenario on every link (also the "
+                        "large file and fan-out on the slow link)")
+    parser.add_argument("--keep-mtimes", action="store_true", help="redeploys keep the files' mtimes (a "
+                        "developer's machine) instead of fresh ones (a CI build)")
+    parser.add_argument("--cache", default="/var/tmp/sshipit-bench", help="where the workload is generated once")
+    parser.add_argument("--out", default=str(BENCH / "results"), help="where latest.{md,json,png} go")
+    parser.add_argument("--timeout", type=float, help="seconds one run may take (default 1200; --quick 120)")
+    parser.add_argument("--report-only", metavar="JSON", help="run nothing: rewrite the table and chart from a "
+                        "results JSON (e.g. bench/results/latest.json)")
+    parser.add_argument("--publish", action="store_true", help="also copy the chart to docs/bench.png and the "
+                        "table into README.md's Benchmark section (between its bench markers)")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.slow_runs = args.slow_runs or args.runs
+    args.timeout = args.timeout or (120 if args.quick else 1200)
+    return args
+
+
+def write_reports(results: dict, out: Path, publish: bool) -> None:
+    results["medians"] = report.medians(results["runs"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=1))
+    text = report.markdown(results)
+    (out / "latest.md").write_text(text)
+    print("\n" + text)
+    report.chart(results, out / "latest.png")
+    log(f"bench: wrote {out / 'latest.md'}, {out / 'latest.json'}, {out / 'latest.png'}")
+    if publish:
+        report.publish(results, out / "latest.png", REPO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report_only:
+        write_reports(json.loads(Path(args.report_only).read_text()), Path(args.out), args.publish)
+        return 0
+    missing = missing_requirements()
+    if missing:
+        print("bench: missing: " + ", ".join(missing), file=sys.stderr)
+        return 2
+    if not servers.is_root():
+        log("bench: not root: running the loopback part only (the 50 Mbit/s link needs network namespaces, "
+            "tc and iptables; bytes on the wire need iptables)")
+    elif not args.loopback_only and servers.slow_link_missing():
+        print("bench: the 50 Mbit/s link needs: " + ", ".join(servers.slow_link_missing()), file=sys.stderr)
+        return 2
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    lock = open(LOCK, "a+")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"bench: another bench/run.py is running (lock {LOCK}); its servers and counters would clash",
+              file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    started = time.time()
+    try:
+        bench.setup()
+        log(f"workload: {bench.workload.summary()}; links: {', '.join(bench.links)}; runs: {args.runs}"
+            f"{f' (50mbit: {args.slow_runs})' if '50mbit' in bench.links else ''}")
+        bench.run_all()
+    except KeyboardInterrupt:
+        log("bench: interrupted; cleaning up")
+        bench.close()
+        return 130
+    except BaseException:
+        bench.close()
+        raise
+    bench.close()
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": round(time.time() - started, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        "python": platform.python_version(),
+        "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip(),
+        "rsync": " ".join(subprocess.run(["rsync", "--version"], capture_output=True, text=True,
+                                         check=False).stdout.split("\n")[0].split()),
+        "git": git_state(),
+        "workload": {"name": bench.workload.spec.name, **bench.workload.summary()},
+        "links": bench.links,
+        "runs": args.runs, "slow_runs": args.slow_runs,
+        "mtimes": "kept" if args.keep_mtimes else "fresh (CI build)",
+        "bytes_measured": bench.counter.active or any("sent" in r for r in bench.runs),
+        "root": servers.is_root(),
+    }
+    results = {"meta": meta,
+               "tools": {t.key: {"label": t.label, "command": t.note, "links": list(t.links)} for t in TOOLS},
+               "scenarios": {s.key: s.title for s in scenarios(args.quick)},
+               "scenarios_short": {s.key: s.short for s in scenarios(args.quick)}, "runs": bench.runs}
+    write_reports(results, Path(args.out), args.publish)
+    failed = [r for r in bench.runs if not r.get("ok")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
