@@ -208,3 +208,14 @@ def rmtree(path: Path) -> None:
 
     if path.exists() or path.is_symlink():
         shutil.rmtree(path, onerror=fix_and_retry)
+
+
+def one_error(result: Result, status: int, *needles: str) -> str:
+    """Exactly one `error:` line, holding every needle; the given exit status; no traceback. Returns the line."""
+    assert "Traceback" not in result.output, result
+    assert result.returncode == status, result
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in the error line\n{result}"
+    return errors[0]

@@ -19,7 +19,7 @@ import asyncssh
 import pytest
 
 from conftest import RunSshipit
-from helpers import Result, plugin_env, rmtree
+from helpers import Result, one_error, plugin_env, rmtree
 from sshipit.errors import SettingsError
 from sshipit.localserver import KeyPair, LocalServer, generate_key
 from sshipit.plan import parse_host
@@ -70,16 +70,6 @@ def assert_logged_in(result: Result, server: LocalServer) -> None:
     assert_ok(result)
     assert f"login={server.user}" in result.stdout.splitlines(), result
 
-
-def one_error(result: Result, status: int, *needles: str) -> str:
-    """Exactly one `error:` line, holding every needle; the given exit status; no traceback. Returns the line."""
-    assert "Traceback" not in result.output, result
-    assert result.returncode == status, result
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in the error line\n{result}"
-    return errors[0]
 
 
 def no_ssh_files_written(tmp_path: Path, workspace: Path) -> None:

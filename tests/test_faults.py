@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import REPO, Result, clean_env, plugin_env, rmtree
+from helpers import REPO, Result, clean_env, one_error, plugin_env, rmtree
 from sshipit.localserver import KeyPair, LocalServer, default_login_user
 
 STAGING = ".sshipit-upload."
@@ -68,16 +68,6 @@ def size(path: Path) -> int:
     except FileNotFoundError:
         return -1
 
-
-def one_error(result: Result, status: int, *needles: str) -> str:
-    """Exactly one `error:` line holding every needle, the given exit status, no traceback."""
-    assert "Traceback" not in result.output, result
-    assert result.returncode == status, result
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in the error line\n{result}"
-    return errors[0]
 
 
 def current(target: Path) -> str | None:

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import RunSshipit
-from helpers import Result, clean_env, plugin_env, rmtree
+from helpers import clean_env, one_error, plugin_env, rmtree
 from helpers import run_sshipit as run_sshipit_in
 from sshipit.commas import read_commands, split_top_level
 from sshipit.errors import SettingsError
@@ -78,15 +78,6 @@ def marker(workspace: Path) -> Iterator[Marker]:
     yield mark
     mark.cleanup()
 
-
-def one_error(result: Result, status: int, *needles: str) -> str:
-    assert "Traceback" not in result.output, result
-    assert result.returncode == status, result
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in the error line\n{result}"
-    return errors[0]
 
 
 def tree(root: Path, skip: Path | None = None) -> dict[str, object]:
