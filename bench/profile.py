@@ -80,9 +80,8 @@ def main() -> int:
         home.mkdir()
         ctx = Context(key=key.private_path, scratch=scratch, sshipit_src=BENCH.parent / "src", home=home)
         tool = Sshipit()
-        target = "sshipit-bench/profile"
-        shutil.rmtree(ep.home / target, ignore_errors=True)
-        shutil.rmtree(ep.home / ".cache" / "sshipit", ignore_errors=True)
+        target = "sshipit-profile"
+        shutil.rmtree(ep.home / target, ignore_errors=True)  # no target: a first deploy, whatever the manifest
         now = time.time()
         if previous is not None:
             workload.set_mtimes(wl.variant(previous) / "app", now - 3600)
@@ -99,7 +98,7 @@ def main() -> int:
               f"speedscope): {raw}\n")
         print(summarize(raw))
         server.stop()
-        shutil.rmtree(ep.home / "sshipit-bench", ignore_errors=True)
+        shutil.rmtree(ep.home / target, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -151,7 +151,7 @@ def body(results: dict) -> str:
         f"Medians of {meta['runs']} run(s) per tool"
         + (f" ({meta['slow_runs']} on the 50 Mbit/s link)" if "50mbit" in meta["links"] else "")
         + ", interleaved. Ratios: ×tar = divided by OpenSSH tar's figure, ×rsync = by rsync -a's, same scenario "
-        "and link (lower is better).",
+        "and link (lower is better)." + (f" {meta['note']}" if meta.get("note") else ""),
         "",
         "| target | measured | goal | result |",
         "|---|---|---|---|",

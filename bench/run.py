@@ -43,7 +43,8 @@ from sshipit.localserver import generate_key  # noqa: E402
 
 NEEDED_COMMANDS = ("ssh", "scp", "rsync", "tar", "gzip", "ssh-keygen", "/usr/sbin/sshd")
 NEEDED_MODULES = ("paramiko", "matplotlib", "asyncssh")
-LOCK = Path(tempfile.gettempdir()) / "sshipit-bench.lock"
+# One fixed path whatever TMPDIR says: two runs at once would remove each other's namespace and counters.
+LOCK = Path("/run/sshipit-bench.lock") if os.geteuid() == 0 else Path(f"/tmp/sshipit-bench-{os.getuid()}.lock")
 
 
 def log(message: str) -> None:
@@ -126,7 +127,7 @@ class Bench:
     def links(self) -> list[str]:
         if self.args.loopback_only or not servers.is_root():
             return ["loopback"]
-        return ["loopback", "50mbit"]
+        return self.args.links
 
     def tools_for(self, scenario: Scenario, link: str) -> list[Tool]:
         chosen = [BY_KEY[k] for k in self.args.tools] if self.args.tools else TOOLS
@@ -147,7 +148,19 @@ class Bench:
                 for rep in range(reps):
                     shift = rep % len(tools)  # round robin: each tool goes first once in a while
                     for tool in tools[shift:] + tools[:shift]:
-                        self.one(link, scenario, tool, rep, reps)
+                        try:
+                            self.one(link, scenario, tool, rep, reps)
+                        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                            self.runs.append({"link": link, "scenario": scenario.key, "tool": tool.key, "rep": rep,
+                                              "ok": False, "error": f"bench error: {exc}"})
+                            log(f"[{link} {scenario.key} {rep + 1}/{reps}] {tool.label}: BENCH ERROR: {exc}")
+                        self.save_partial()
+
+    def save_partial(self) -> None:
+        """Every run so far, so that a crash or Ctrl-C loses nothing (--report-only turns it into the report)."""
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "partial.json").write_text(json.dumps(results_of(self, time.time()), indent=1))
 
     def server_eps(self, link: str, scenario: Scenario) -> tuple[list[Endpoint], list[Endpoint]]:
         """(servers of the timed run, loopback servers of the same login users, for preparing)."""
@@ -176,7 +189,7 @@ class Bench:
                                timeout=self.args.timeout, log=runlog)
         after = self.counter.read()
         keys = [(ep.host, ep.port) for ep in eps]
-        if self.counter.active:
+        if self.counter.active and before and after:
             record["sent"] = sum(after.get(k, (0, 0))[0] - before.get(k, (0, 0))[0] for k in keys)
             record["received"] = sum(after.get(k, (0, 0))[1] - before.get(k, (0, 0))[1] for k in keys)
         record.update(seconds=measured.seconds, peak_rss=measured.peak_rss, returncode=measured.returncode)
@@ -284,6 +297,30 @@ def _same(a: Path, b: Path) -> bool:
         return True
 
 
+def results_of(bench: Bench, started: float) -> dict:
+    args = bench.args
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": round(time.time() - started, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        "python": platform.python_version(),
+        "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip(),
+        "rsync": " ".join(subprocess.run(["rsync", "--version"], capture_output=True, text=True,
+                                         check=False).stdout.split("\n")[0].split()),
+        "git": git_state(),
+        "workload": {"name": bench.workload.spec.name, **bench.workload.summary()},
+        "links": bench.links,
+        "runs": args.runs, "slow_runs": args.slow_runs,
+        "mtimes": "kept" if args.keep_mtimes else "fresh (CI build)",
+        "bytes_measured": bench.counter.active or any("sent" in r for r in bench.runs),
+        "root": servers.is_root(),
+    }
+    return {"meta": meta,
+            "tools": {t.key: {"label": t.label, "command": t.note, "links": list(t.links)} for t in TOOLS},
+            "scenarios": {s.key: s.title for s in scenarios(args.quick)},
+            "scenarios_short": {s.key: s.short for s in scenarios(args.quick)}, "runs": list(bench.runs)}
+
+
 def git_state() -> dict[str, str]:
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
@@ -297,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny workload, 1 run each: a smoke test")
     parser.add_argument("--loopback-only", action="store_true", help="skip the 50 Mbit/s link")
+    parser.add_argument("--links", nargs="+", choices=["loopback", "50mbit"], default=["loopback", "50mbit"],
+                        help="which links to run (default both, as root)")
     parser.add_argument("--runs", type=int, help="runs per tool and scenario on loopback (default 3; --quick 1)")
     parser.add_argument("--slow-runs", type=int, help="runs per tool and scenario on the 50 Mbit/s link "
                         "(default: --runs)")
@@ -310,8 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", default="/var/tmp/sshipit-bench", help="where the workload is generated once")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where latest.{md,json,png} go")
     parser.add_argument("--timeout", type=float, help="seconds one run may take (default 1200; --quick 120)")
-    parser.add_argument("--report-only", metavar="JSON", help="run nothing: rewrite the table and chart from a "
-                        "results JSON (e.g. bench/results/latest.json)")
+    parser.add_argument("--report-only", metavar="JSON", nargs="+", help="run nothing: rewrite the table and "
+                        "chart from results JSON files (latest.json, or partial.json after a crash; several are "
+                        "merged, e.g. runs of --links loopback and --links 50mbit)")
     parser.add_argument("--publish", action="store_true", help="also copy the chart to docs/bench.png and the "
                         "table into README.md's Benchmark section (between its bench markers)")
     args = parser.parse_args(argv)
@@ -337,7 +377,12 @@ def write_reports(results: dict, out: Path, publish: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        write_reports(json.loads(Path(args.report_only).read_text()), Path(args.out), args.publish)
+        merged = [json.loads(Path(p).read_text()) for p in args.report_only]
+        results = merged[-1]
+        results["runs"] = [run for r in merged for run in r["runs"]]
+        results["meta"]["links"] = list(dict.fromkeys(link for r in merged for link in r["meta"]["links"]))
+        results["meta"]["bytes_measured"] = any(r["meta"].get("bytes_measured") for r in merged)
+        write_reports(results, Path(args.out), args.publish)
         return 0
     missing = missing_requirements()
     if missing:
@@ -369,33 +414,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{f' (50mbit: {args.slow_runs})' if '50mbit' in bench.links else ''}")
         bench.run_all()
     except KeyboardInterrupt:
-        log("bench: interrupted; cleaning up")
+        log(f"bench: interrupted; cleaning up (runs so far: {Path(args.out) / 'partial.json'})")
         bench.close()
         return 130
     except BaseException:
         bench.close()
         raise
     bench.close()
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "seconds": round(time.time() - started, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "python": platform.python_version(),
-        "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip(),
-        "rsync": " ".join(subprocess.run(["rsync", "--version"], capture_output=True, text=True,
-                                         check=False).stdout.split("\n")[0].split()),
-        "git": git_state(),
-        "workload": {"name": bench.workload.spec.name, **bench.workload.summary()},
-        "links": bench.links,
-        "runs": args.runs, "slow_runs": args.slow_runs,
-        "mtimes": "kept" if args.keep_mtimes else "fresh (CI build)",
-        "bytes_measured": bench.counter.active or any("sent" in r for r in bench.runs),
-        "root": servers.is_root(),
-    }
-    results = {"meta": meta,
-               "tools": {t.key: {"label": t.label, "command": t.note, "links": list(t.links)} for t in TOOLS},
-               "scenarios": {s.key: s.title for s in scenarios(args.quick)},
-               "scenarios_short": {s.key: s.short for s in scenarios(args.quick)}, "runs": bench.runs}
+    results = results_of(bench, started)
     write_reports(results, Path(args.out), args.publish)
     failed = [r for r in bench.runs if not r.get("ok")]
     return 1 if failed else 0

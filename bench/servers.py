@@ -234,11 +234,19 @@ class ByteCounter:
         _run(["iptables", "-w", "-A", CHAIN_IN, "-p", "tcp", "-s", ep.host, "--sport", str(ep.port)])
 
     def read(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(host, port) -> (bytes sent to it, bytes received from it), since the rules were made."""
+        """(host, port) -> (bytes sent to it, bytes received from it), since the rules were made. Empty if the
+        chains vanished (someone flushed the ruleset): they are made again for the next run."""
         if not self.active:
             return {}
-        sent = self._chain(CHAIN_OUT, "dpt")
-        received = self._chain(CHAIN_IN, "spt")
+        try:
+            sent = self._chain(CHAIN_OUT, "dpt")
+            received = self._chain(CHAIN_IN, "spt")
+        except RuntimeError:
+            remove_chains()
+            endpoints, self.endpoints = self.endpoints, []
+            self.active = False
+            self.start(endpoints)
+            return {}
         return {key: (sent.get(key, 0), received.get(key, 0)) for key in set(sent) | set(received)}
 
     @staticmethod
