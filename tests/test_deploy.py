@@ -67,6 +67,33 @@ class TestUpload:
         assert not (remote_dir / "README.md").exists()
         assert "uploaded 5 files" in result.stdout  # the symlink and dirs are not counted as files
 
+    def test_new_names_are_moved_in_whole_and_existing_ones_merged(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        """Every new top-level name arrives (hidden and odd ones too: they are moved in whole from the staging);
+        an existing directory keeps its inode and the files sshipit did not send (merged, not moved into or over
+        it); a replaced file is a new inode, never rewritten in place."""
+        for name, text in (("site/keep.txt", "theirs\n"), ("site/page.html", "old\n")):
+            (remote_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (remote_dir / name).write_text(text)
+        for name in ("site/page.html", "fresh/a/b.txt", ".hidden/c.txt", "..odd", "-dash.txt"):
+            (workspace / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+            (workspace / "out" / name).write_text(f"new {name}\n")
+        give_to_login_user(remote_dir)
+        site_inode, page_inode = (remote_dir / "site").stat().st_ino, (remote_dir / "site/page.html").stat().st_ino
+        env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources=["out"], strip_components=1)
+        result = run_sshipit(env=env)
+        assert result.returncode == 0, result
+        assert landed(remote_dir) == {"site", "site/keep.txt", "site/page.html", "fresh", "fresh/a", "fresh/a/b.txt",
+                                      ".hidden", ".hidden/c.txt", "..odd", "-dash.txt"}
+        assert (remote_dir / "site/keep.txt").read_text() == "theirs\n"
+        assert (remote_dir / "site/page.html").read_text() == "new site/page.html\n"
+        assert (remote_dir / "site").stat().st_ino == site_inode
+        assert (remote_dir / "site/page.html").stat().st_ino != page_inode
+        for name in ("fresh/a/b.txt", ".hidden/c.txt", "..odd", "-dash.txt"):
+            assert (remote_dir / name).read_text() == f"new {name}\n"
+        assert not [p for p in remote_dir.iterdir() if p.name.startswith(".sshipit-upload.")]
+
     def test_strip_components_globs_and_excludes(
         self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
     ) -> None:

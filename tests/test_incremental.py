@@ -161,7 +161,8 @@ class TestAtomic:
 
 
 class TestCompression:
-    @pytest.mark.parametrize(("setting", "method"), [("auto", "tar+zstd"), ("zstd", "tar+zstd"),
+    # auto: the test server is on this machine, where there is no link to save (choose_compression)
+    @pytest.mark.parametrize(("setting", "method"), [("auto", "tar"), ("zstd", "tar+zstd"),
                                                      ("gzip", "tar+gzip"), ("none", "tar")])
     def test_every_compression_lands_the_same_bytes(
         self, setting: str, method: str, server: LocalServer, keys: dict[str, KeyPair], workspace: Path,

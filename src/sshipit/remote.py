@@ -74,3 +74,14 @@ async def probe(conn: SSHClientConnection, timeout: float) -> ServerTraits:
         elif line.startswith("has="):
             tools.add(line[4:].strip())
     return ServerTraits(shell=True, tar=tar, tools=frozenset(tools))
+
+
+def on_this_machine(conn: SSHClientConnection) -> bool:
+    """True when the connection's socket goes to a loopback address: the "link" is memory, not a network."""
+    import ipaddress
+
+    peer = conn.get_extra_info("peername")
+    try:
+        return bool(peer) and ipaddress.ip_address(str(peer[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return False

@@ -9,7 +9,6 @@ SFTP-only accounts, which uploads over SFTP with many requests in flight. Also o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import posixpath
 import secrets
 import tarfile
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sshipit.errors import DeployError
-from sshipit.remote import ServerTraits
+from sshipit.manifest import new_digest
+from sshipit.remote import ServerTraits, on_this_machine
 from sshipit.rules import quote, shell_path
 from sshipit.sources import Entry
 
@@ -76,28 +76,63 @@ def clear_commands(rm: bool, delete: list[str], keep: str = "") -> list[str]:
 
 
 def staged_extract(unpack: str, rm: bool, delete: list[str], nonce: str) -> list[str]:
-    """Extract into a hidden staging directory, then hard-link everything into place and drop the staging.
+    """Extract into a hidden staging directory, then move everything into place and drop the staging.
 
     Until the whole stream has arrived and unpacked, the target is untouched: a cut connection or a full disk
     leaves no half-written file there. A failed extraction removes the staging directory itself; one left by a
-    killed server or shell is removed by a later upload (see below). Each file is
-    then replaced by a link to a complete copy (never rewritten in place). The staging name is unique, so two
-    deploys at once do not collide; stale ones (older than an hour) are cleaned up.
+    killed server or shell is removed by a later upload (see below). A top-level name the target does not
+    have yet is renamed in whole (one step, however many files are below it: a first deploy costs no more than
+    plain tar); one it has is merged by hard-linking each file over the old one, so every file is replaced by
+    a complete copy, never rewritten in place. The staging name is unique, so two deploys at once do not
+    collide; stale ones (older than an hour) are cleaned up.
     """
     staging = STAGING + nonce
     # A failed step removes the staging at once: after a full disk, the next deploy needs that space back.
     or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; exit $rc; }}"
+    place = (
+        f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do "
+        '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; '
+        f'n=${{f#{staging}/}}; '
+        'if [ -e "$n" ] || [ -L "$n" ]; then cp -alf -- "$f" . ; else mv -- "$f" "$n"; fi '
+        f"{or_drop}; done"
+    )
     return [
         f"{{ find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null || true; }}",
         f"mkdir -- {staging}",
         f"{{ ( cd -- {staging} && {unpack} ) {or_drop}; }}",
         *clear_commands(rm, delete, keep=staging),
-        f"{{ cp -alf -- {staging}/. . {or_drop}; }}",
+        f"{{ {place}; }}",
         f"rm -rf -- {staging}",
     ]
 
 
+_TYPE = {"file": b"0", "dir": b"5", "symlink": b"2"}
+# Everything after the link name of a GNU header with no user, group or device: magic, then zeros.
+_HEADER_TAIL = b"ustar  \0" + b"\0" * 247
+_HEADER_TAIL_SUM = sum(_HEADER_TAIL) + 8 * 0x20 + 2 * sum(b"0000000\0")  # + blank checksum field, uid, gid
+_LIMIT = 8**11  # sizes and times that fit 11 octal digits
+
+
 def tar_header(entry: Entry) -> bytes:
+    """The entry's 512-byte GNU tar header, the same as tarfile writes (tests compare them).
+
+    Built by hand for the common entry (short name, ordinary size and time): tarfile's general path costs ~20 us
+    an entry, which is a tenth of a second per 5,000 files of a build; anything unusual still goes to tarfile.
+    """
+    name = entry.name + "/" if entry.kind == "dir" else entry.name
+    raw_name = name.encode("utf-8", "surrogateescape")
+    raw_link = entry.link.encode("utf-8", "surrogateescape")
+    size = entry.size if entry.kind == "file" else 0
+    if len(raw_name) > 100 or len(raw_link) > 100 or not (0 <= size < _LIMIT and 0 <= entry.mtime < _LIMIT):
+        return _tarfile_header(entry)
+    head = (raw_name.ljust(100, b"\0") + b"%07o\0" % (entry.mode & 0o7777) + b"0000000\0" * 2
+            + b"%011o\0" % size + b"%011o\0" % entry.mtime)
+    rest = _TYPE[entry.kind] + raw_link.ljust(100, b"\0")
+    checksum = sum(raw_name) + sum(head[100:108]) + sum(head[124:148]) + sum(rest) + _HEADER_TAIL_SUM
+    return head + b"%06o\0 " % checksum + rest + _HEADER_TAIL
+
+
+def _tarfile_header(entry: Entry) -> bytes:
     info = tarfile.TarInfo(entry.name)
     info.mtime = entry.mtime
     info.mode = entry.mode
@@ -118,7 +153,7 @@ def tar_stream(
 ) -> Iterator[bytes]:
     """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error.
 
-    With `hashes`, each file's SHA-256 is computed on the way (it is read anyway) for the next manifest; with
+    With `hashes`, each file's content hash is computed on the way (it is read anyway) for the next manifest; with
     `progress`, the file content read so far is counted.
     """
     pending = bytearray()
@@ -126,7 +161,7 @@ def tar_stream(
         pending += tar_header(entry)
         if entry.kind == "file":
             remaining = entry.size
-            digest = hashlib.sha256() if hashes is not None else None
+            digest = new_digest() if hashes is not None else None
             with open(entry.local, "rb") as handle:
                 while remaining:
                     piece = handle.read(min(CHUNK, remaining))
@@ -138,6 +173,9 @@ def tar_stream(
                         digest.update(piece)
                     if progress is not None:
                         progress.bytes += len(piece)
+                    if not pending and len(piece) == CHUNK:
+                        yield piece  # the body of a large file goes as read, without another copy
+                        continue
                     pending += piece
                     if len(pending) >= CHUNK:
                         yield bytes(pending)
@@ -160,11 +198,16 @@ class _Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
-def choose_compression(setting: str, traits: ServerTraits) -> str:
-    """`auto` is zstd when the server can unpack it: at level 1 it costs little even on a fast link (it runs
-    beside the encryption, and skips incompressible data quickly) and it saves most bytes on a slow one."""
+def choose_compression(setting: str, traits: ServerTraits, local: bool = False) -> str:
+    """`auto` is zstd level 1 when the server can unpack it, except to a server on this machine (`local`).
+
+    Measured with bench/ (20,000 text files + 400 MB of media): on a 50 Mbit/s link zstd sends 15% fewer bytes
+    and finishes that much sooner (text alone: 3.9x smaller); over loopback there is no link to save and the
+    compressing and unpacking cost 12-15% more time, so there it sends plain tar. Level 1: compresses text at
+    ~330 MB/s on one core (faster than any link it helps on) and skips incompressible data at ~3 GB/s.
+    """
     if setting == "auto":
-        return "zstd" if "zstd" in traits.tools and _has_zstandard() else "none"
+        return "zstd" if "zstd" in traits.tools and not local and _has_zstandard() else "none"
     if setting != "none" and setting not in traits.tools:
         return "none"
     return setting
@@ -265,7 +308,8 @@ async def upload_tar(
     import asyncssh
 
     target = shell_path(dest)
-    compression = choose_compression(plan.compress, traits) if entries else "none"
+    local = not plan.jumps and on_this_machine(conn)  # through a jump host, the first hop is the real link
+    compression = choose_compression(plan.compress, traits, local) if entries else "none"
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
     steps = [f"mkdir -p -- {target}", f"cd -- {target}"]
     if not entries:

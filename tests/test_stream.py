@@ -1,0 +1,85 @@
+"""Pure logic of the upload stream: hand-built tar headers, the compression choice, the content hash.
+
+The stream itself is checked end to end against real servers (test_deploy, test_incremental); these pin the
+pieces that were rewritten for speed to what the standard library would produce.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import blake3
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sshipit.manifest import HASH, Manifest, file_hash
+from sshipit.remote import ServerTraits
+from sshipit.sources import Entry
+from sshipit.upload import _tarfile_header, choose_compression, tar_header
+
+names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"), min_size=1, max_size=60)
+paths = st.lists(names, min_size=1, max_size=4).map("/".join)
+
+
+def parsed(header: bytes) -> tuple[object, ...]:
+    info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")  # checks the checksum too
+    return info.name, info.mode, info.size, info.mtime, info.type, info.linkname, info.uid, info.gid
+
+
+@given(paths, st.sampled_from(["file", "dir", "symlink"]), st.integers(0, 0o7777),
+       st.integers(0, 8**11 + 5), st.integers(0, 8**11 + 5), paths)
+def test_fast_header_reads_back_as_tarfile_writes_it(
+    name: str, kind: str, mode: int, size: int, mtime: int, link: str
+) -> None:
+    entry = Entry("/nowhere", name, kind, mode, mtime, size if kind == "file" else 0,  # type: ignore[arg-type]
+                  link if kind == "symlink" else "")
+    ours, reference = tar_header(entry), _tarfile_header(entry)
+    if len(ours) == 512 and len(reference) == 512:
+        assert parsed(ours) == parsed(reference)
+    else:  # long names and large numbers take tarfile's path, GNU extension headers included
+        assert ours == reference
+
+
+def test_fast_header_is_used_and_unpacks_with_tarfile() -> None:
+    entries = [Entry("/x", "dir", "dir", 0o750, 1_700_000_000),
+               Entry("/x", "dir/a.txt", "file", 0o640, 1_700_000_001, 3),
+               Entry("/x", "dir/link", "symlink", 0o777, 1_700_000_002, link="a.txt")]
+    stream = io.BytesIO()
+    for entry in entries:
+        stream.write(tar_header(entry))
+        if entry.kind == "file":
+            stream.write(b"abc" + b"\0" * 509)
+    stream.write(b"\0" * 1024)
+    stream.seek(0)
+    with tarfile.open(fileobj=stream) as archive:
+        members = {m.name: (m.type, m.mode, m.mtime, m.size, m.linkname) for m in archive.getmembers()}
+    assert members == {
+        "dir": (tarfile.DIRTYPE, 0o750, 1_700_000_000, 0, ""),
+        "dir/a.txt": (tarfile.REGTYPE, 0o640, 1_700_000_001, 3, ""),
+        "dir/link": (tarfile.SYMTYPE, 0o777, 1_700_000_002, 0, "a.txt"),
+    }
+
+
+def test_auto_compression_depends_on_the_link_and_the_server() -> None:
+    both = ServerTraits(shell=True, tar="gnu", tools=frozenset({"zstd", "gzip"}))
+    gzip_only = ServerTraits(shell=True, tar="gnu", tools=frozenset({"gzip"}))
+    assert choose_compression("auto", both, local=False) == "zstd"
+    assert choose_compression("auto", both, local=True) == "none"  # loopback: no link to save
+    assert choose_compression("auto", gzip_only, local=False) == "none"
+    assert choose_compression("zstd", both, local=True) == "zstd"  # asked for: done, even on loopback
+    assert choose_compression("gzip", both, local=True) == "gzip"
+    assert choose_compression("zstd", gzip_only) == "none"  # the server could not unpack it
+
+
+def test_content_hash_is_blake3_and_recorded_in_the_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"hello" * 100_000)
+    assert file_hash(str(path)) == blake3.blake3(b"hello" * 100_000).hexdigest()
+    manifest = Manifest(files={"f.bin": (500_000, 0o644, file_hash(str(path)))})
+    text = manifest.dumps()
+    assert f'"hash":"{HASH}"' in text and Manifest.loads(text) == manifest
+    # A manifest from another hash (an older sshipit: SHA-256) is no manifest: a full upload, never a wrong one.
+    assert Manifest.loads(text.replace(f'"hash":"{HASH}"', '"hash":"sha256"')) is None
+    assert Manifest.loads('{"version":1,"files":{},"links":{}}') is None
