@@ -147,7 +147,8 @@ def body(results: dict) -> str:
         f"Run {meta['date']} on {meta['machine']} ({meta['ssh']}; {meta['rsync']}); sshipit at "
         f"{meta['git']['commit']}{' + uncommitted changes' if meta['git']['src_dirty'] == 'yes' else ''}. "
         f"Workload `{wl['name']}`: {wl['files']} files, {wl['bytes'] / 1e6:.0f} MB ({wl['changed']} changed in the "
-        f"1% variant), large file {wl['large_bytes'] / 1e6:.0f} MB; redeploys with {meta['mtimes']} mtimes. "
+        f"1% variant), large file {wl['large_bytes'] / 1e6:.0f} MB; redeploys with {meta['mtimes']} mtimes; "
+        f"targets on {meta.get('targets', 'disk')}. "
         f"Medians of {meta['runs']} run(s) per tool"
         + (f" ({meta['slow_runs']} on the 50 Mbit/s link)" if "50mbit" in meta["links"] else "")
         + ", interleaved. Ratios: ×tar = divided by OpenSSH tar's figure, ×rsync = by rsync -a's, same scenario "

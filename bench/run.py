@@ -39,7 +39,7 @@ from scenarios import Scenario, scenarios  # noqa: E402
 from servers import Endpoint  # noqa: E402
 from tools import BY_KEY, TOOLS, Context, Tool  # noqa: E402
 
-from sshipit.localserver import generate_key  # noqa: E402
+from sshipit.localserver import default_login_user, ensure_user, generate_key  # noqa: E402
 
 NEEDED_COMMANDS = ("ssh", "scp", "rsync", "tar", "gzip", "ssh-keygen", "/usr/sbin/sshd")
 NEEDED_MODULES = ("paramiko", "matplotlib", "asyncssh")
@@ -69,6 +69,7 @@ class Bench:
         self.counter = servers.ByteCounter()
         self.endpoints: dict[str, list[Endpoint]] = {}  # link -> servers (fan-out adds loopback ones)
         self.targets: set[tuple[Path, str]] = set()
+        self.area = servers.TargetArea(enabled=not args.disk)
 
     # -- set-up ----------------------------------------------------------------
 
@@ -84,6 +85,7 @@ class Bench:
         home.mkdir()
         self.ctx = Context(key=self.key.private_path, scratch=self.scratch, sshipit_src=src, home=home)
         servers.remove_leftovers()
+        self.area.ensure(Path(default_login_user().pw_dir))  # loopback and slow-link servers share this login
         started = servers.loopback_servers(self.scratch, self.key.public_text, [None])
         self.local_servers += [s for s, _ in started]
         self.endpoints["loopback"] = [ep for _, ep in started]
@@ -101,6 +103,8 @@ class Bench:
             if not servers.is_root():
                 raise RuntimeError("fan-out needs root (one login user per server)")
             log(f"starting {len(users)} more loopback sshd servers (login users {users[0]}..{users[-1]})")
+            for user in users:
+                self.area.ensure(Path(ensure_user(user).pw_dir))
             started = servers.loopback_servers(self.scratch / "fanout", self.key.public_text, users)
             self.local_servers += [s for s, _ in started]
             for _, ep in started:
@@ -111,8 +115,9 @@ class Bench:
     def close(self) -> None:
         for ep_home, target in self.targets:
             shutil.rmtree(ep_home / target, ignore_errors=True)
+        self.area.close()
         for home in {h for h, _ in self.targets}:
-            shutil.rmtree(home / "sshipit-bench", ignore_errors=True)
+            shutil.rmtree(home / servers.AREA, ignore_errors=True)
         self.counter.close()
         if self.slow is not None:
             self.slow.close()
@@ -155,6 +160,12 @@ class Bench:
                                               "ok": False, "error": f"bench error: {exc}"})
                             log(f"[{link} {scenario.key} {rep + 1}/{reps}] {tool.label}: BENCH ERROR: {exc}")
                         self.save_partial()
+                self.drop_targets(link)  # the next scenario prepares its own; RAM holds one scenario's targets
+
+    def drop_targets(self, link: str) -> None:
+        for home, target in list(self.targets):
+            if target.startswith(f"{servers.AREA}/{link}/") or target.startswith(f"{servers.AREA}/fanout/"):
+                shutil.rmtree(home / target, ignore_errors=True)
 
     def save_partial(self) -> None:
         """Every run so far, so that a crash or Ctrl-C loses nothing (--report-only turns it into the report)."""
@@ -173,7 +184,7 @@ class Bench:
     def one(self, link: str, scenario: Scenario, tool: Tool, rep: int, reps: int) -> None:
         eps, prep_eps = self.server_eps(link, scenario)
         place = "fanout" if scenario.hosts > 1 or scenario.key.startswith("fanout") else link
-        target = f"sshipit-bench/{place}/{tool.key}"
+        target = f"{servers.AREA}/{place}/{tool.key}"
         workspace = self.workload.variant(scenario.variant)
         record: dict = {"link": link, "scenario": scenario.key, "tool": tool.key, "rep": rep, "hosts": len(eps)}
         try:
@@ -312,6 +323,7 @@ def results_of(bench: Bench, started: float) -> dict:
         "links": bench.links,
         "runs": args.runs, "slow_runs": args.slow_runs,
         "mtimes": "kept" if args.keep_mtimes else "fresh (CI build)",
+        "targets": "tmpfs" if bench.area.enabled else "disk",
         "bytes_measured": bench.counter.active or any("sent" in r for r in bench.runs),
         "root": servers.is_root(),
     }
@@ -344,6 +356,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "or fanout-N)")
     parser.add_argument("--all-links", action="store_true", help="run every scenario on every link (also the "
                         "large file and fan-out on the slow link)")
+    parser.add_argument("--disk", action="store_true", help="keep the targets on the login users' disk instead "
+                        "of a tmpfs (as root, targets live in RAM so that disk write-back does not decide results)")
     parser.add_argument("--keep-mtimes", action="store_true", help="redeploys keep the files' mtimes (a "
                         "developer's machine) instead of fresh ones (a CI build)")
     parser.add_argument("--cache", default="/var/tmp/sshipit-bench", help="where the workload is generated once")

@@ -102,6 +102,9 @@ NOT_RUN = {
     "scripts/test": "runs this very test suite",
     "docker build -t sshipit .": "tests/test_image.py builds the image from this Dockerfile and runs it",
     "scripts/build-image.sh": "tests/test_image.py builds the image the same way",
+    "pip install -r bench/requirements.txt": "scripts/install (run by .ci/run) installs the same file",
+    "sudo python3 bench/run.py": "the full benchmark runs for over an hour; tests/test_bench.py runs the same script",
+    "python3 bench/run.py --quick": "tests/test_bench.py runs it (--loopback-only) and checks its report",
 }
 
 PLUGIN_IMAGES = ("sshipit/sshipit", "appleboy/drone-ssh", "appleboy/drone-scp", "cupcakearmy/drone-deploy")

@@ -70,8 +70,11 @@ class Manifest:
             data = json.loads(text)
             if data.get("version") != VERSION or data.get("hash") != HASH:
                 return None
-            files = {str(p): (int(v[0]), int(v[1]), str(v[2])) for p, v in data["files"].items()}
-            links = {str(p): str(v) for p, v in data["links"].items()}
+            files, links = data["files"], data["links"]
+            for path, value in files.items():  # in place: a second dict would double the peak for big builds
+                files[path] = (int(value[0]), int(value[1]), str(value[2]))
+            if not all(isinstance(v, str) for v in links.values()):
+                return None
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None
         return cls(files, links)

@@ -189,7 +189,9 @@ async def _upload(
         manifest_path = releases.manifest_path(plan.release.id)
     else:
         manifest_path = user_manifest_path(plain_manifest_key(dest))
-    hashes = dict(delta.hashes)
+    old_manifest = view.manifest if view is not None else None
+    view = None  # its listings of the server are done with: free them before the upload (memory of big builds)
+    hashes = delta.hashes
     progress = Progress.of(send)
     async with console.progress(host, progress):
         stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes,
@@ -201,8 +203,9 @@ async def _upload(
         stats.removed = len(delta.stale)
     # Written before any command runs: a command that edits an uploaded file then shows up as changed.
     manifest = Manifest.of(entries, hashes)
-    if releases is None and not plan.prune and view is not None and view.manifest is not None:
-        manifest.carry(view.manifest, delta.stale)
+    if releases is None and not plan.prune and old_manifest is not None:
+        manifest.carry(old_manifest, delta.stale)
+    old_manifest = None
     await write_manifest(conn, manifest_path, manifest, plan.connect_timeout)
     result.upload = stats
     _report_upload(console, host, stats, dest)

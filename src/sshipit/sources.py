@@ -20,7 +20,7 @@ from sshipit.errors import SettingsError
 EntryKind = Literal["dir", "file", "symlink"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per file of the build, tens of thousands
 class Entry:
     local: str  # where it is on this machine
     name: str  # where it goes, relative to the target (POSIX, no '..', never absolute)
