@@ -33,8 +33,6 @@ from sshipit.settings import (
 from sshipit.sources import Collected, collect
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from asyncssh import SSHKey
 
 
@@ -291,20 +289,6 @@ def _setting(name: str) -> Setting:
     return next(s for s in CATALOGUE if s.name == name)
 
 
-def _start_collecting(values: _Values, workspace: Path) -> Future[Collected] | None:
-    """Collect the sources in a worker thread; its SettingsError is raised by .result()."""
-    sources = values.items("sources")
-    if not sources:
-        return None
-    strip = values.number("strip_components", minimum=0, maximum=1000)
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="sshipit-sources")
-    future = pool.submit(collect, workspace, sources, strip)
-    pool.shutdown(wait=False)  # the thread ends with its one task
-    return future
-
-
 def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
     """Check every setting and decide the whole deploy. Raises SettingsError with one clear line."""
     values = _Values(raw)
@@ -328,10 +312,6 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         if key in seen:
             raise SettingsError(f"host {host.written!r} is listed twice", setting="host")
         seen.add(key)
-
-    # The file list is gathered in a thread while the keys are read (that imports asyncssh): the walk waits on
-    # the file system and the import on the CPU, so together they take little more than the longer of the two.
-    collecting = _start_collecting(values, workspace)
 
     # Credentials: parsed once here, kept in memory only.
     credentials = Credentials(password=values.text("password") or None)
@@ -359,12 +339,14 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
     # Target and upload
     target_text = values.text("target")
     target = remote_target(target_text.strip()) if target_text and target_text.strip() else None
+    sources = values.items("sources")
+    strip = values.number("strip_components", minimum=0, maximum=1000)
     upload = None
-    if collecting is not None:
+    if sources:
         if target is None:
             raise SettingsError("sources are set but target is not", setting="target",
                                 hint="set target to the remote directory to upload into")
-        upload = collecting.result()
+        upload = collect(workspace, sources, strip)
         warnings += upload.warnings
     rm = values.flag("rm")
     delete = [clean_relative(path, "delete") for path in values.items("delete")]
