@@ -105,6 +105,30 @@ def busybox_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[Loca
         srv.stop()
 
 
+@pytest.fixture(scope="session")
+def bare_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
+    """An sshd whose remote commands find only BusyBox's basic tools: tar, find, cp... but no gzip, no zstd."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is not installed (apt-get install -y busybox): bare_server needs it")
+    workdir = server_root / "bare"
+    bin_dir = workdir / "bare-bin"
+    bin_dir.mkdir(parents=True)
+    bin_dir.chmod(0o755)
+    for tool in ("sh", "tar", "find", "cat", "mkdir", "cp", "mv", "rm", "ls", "grep", "sleep", "kill", "ln",
+                 "readlink", "head", "tr", "sed", "env", "id", "uname", "dirname", "basename", "chmod", "touch"):
+        (bin_dir / tool).symlink_to(busybox)
+    srv = _start(workdir, keys, f"SetEnv PATH={bin_dir}\n")
+    try:
+        result = ssh(srv, keys["ed25519"], "command -v tar; command -v gzip; command -v zstd; true",
+                     workdir / "known_hosts")
+        if result.stdout != f"{bin_dir}/tar\n":
+            pytest.fail(f"bare_server: PATH is not the bare one\nstdout: {result.stdout}\nstderr: {result.stderr}")
+        yield srv
+    finally:
+        srv.stop()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A fresh directory acting as the CI workspace (the tool's working directory)."""

@@ -71,6 +71,42 @@ class TestPlain:
         assert sent(result) == (3, 38)
         assert tree_digest(remote_dir / "site") == tree_digest(site)
 
+    def test_no_change_sends_nothing_and_keeps_the_manifest(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        """Nothing to send: no upload command runs and the manifest is not rewritten (its time is what tells a
+        later deploy which server files were edited since), yet a later hand edit is still caught."""
+        site = make_site(workspace, files=8)
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        manifest = server.home / user_manifest_path(plain_manifest_key(str(remote_dir)))
+        written = manifest.stat()
+        log_before = len(server.log_text())
+        again = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        assert sent(again) == (0, 8)
+        assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+        # Two commands (the probe, then the manifest and listing); a deploy that sends runs four.
+        assert server.log_text()[log_before:].count("Starting session: command") == 2
+        as_user(server, f"echo edited > {remote_dir}/site/d1/f1.txt")
+        (site / "d2/f2.txt").write_text("changed\n")
+        result = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        assert sent(result) == (2, 6)
+        assert manifest.stat().st_ino != written.st_ino  # files were sent: a new manifest
+        assert tree_digest(remote_dir / "site") == tree_digest(site)
+
+    def test_a_server_without_gzip_or_zstd(
+        self, bare_server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path,
+        run_sshipit: RunSshipit,
+    ) -> None:
+        """The manifest and the server's listing travel uncompressed, the stream as plain tar; all else alike."""
+        site = make_site(workspace, files=10)
+        first = self.go(run_sshipit, bare_server, keys["ed25519"], remote_dir, compress="auto")
+        assert sent(first) == (10, 0) and " over tar " in first.stdout
+        assert sent(self.go(run_sshipit, bare_server, keys["ed25519"], remote_dir)) == (0, 10)
+        as_user(bare_server, f"echo edited > {remote_dir}/site/d1/f1.txt")
+        (site / "d3/f3.txt").write_text("changed\n")
+        assert sent(self.go(run_sshipit, bare_server, keys["ed25519"], remote_dir)) == (2, 8)
+        assert tree_digest(remote_dir / "site") == tree_digest(site)
+
     def test_same_size_content_change_is_detected(
         self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
     ) -> None:

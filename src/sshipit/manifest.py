@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -120,8 +121,14 @@ def user_manifest_path(directory_key: str) -> str:
     return posixpath.join(".cache", "sshipit", "manifests", directory_key + ".json")
 
 
-async def read_server(conn: SSHClientConnection, directory: str, manifest_path: str, timeout: float) -> ServerView:
-    """Read the manifest and list what is in `directory` now, in one command."""
+async def read_server(
+    conn: SSHClientConnection, directory: str, manifest_path: str, timeout: float, gzip: bool = False
+) -> ServerView:
+    """Read the manifest and list what is in `directory` now, in one command.
+
+    With `gzip` (the server has it) the answer comes back compressed: for a build of 20,000 files it is ~5 MB of
+    paths and hashes, under 2 MB gzipped, which is most of a no-change redeploy's time on a slow link.
+    """
     d = shell_path(directory)
     types = r"\( -type f -o -type l \)"
     # Relative paths are relative to the login's home, where the command starts: pin the manifest's down
@@ -135,8 +142,15 @@ async def read_server(conn: SSHClientConnection, directory: str, manifest_path: 
         f"if [ -f \"$M\" ]; then find . {types} -cnewer \"$M\" -print0 2>/dev/null || "
         f"find . {types} -newer \"$M\" -print0; fi"
     )
+    if gzip:
+        script = f"{{ {script}; }} | gzip -1c"
     result = await capture(conn, script, timeout)
     text = result.stdout
+    if gzip:
+        try:
+            text = zlib.decompress(result.raw, wbits=31).decode("utf-8", "replace")
+        except zlib.error:
+            text = ""  # read as "no manifest": a full upload, never a wrong one
     head, _, rest = text.partition("\n")
     if head.strip() != "present" or result.exit_status != 0:
         return ServerView(None, set(), set(), set(), exists=False)
@@ -215,9 +229,16 @@ def seed_removals(entries: list[Entry], delta: Delta, view: ServerView) -> list[
     return sorted(doomed) + doomed_dirs
 
 
-async def write_manifest(conn: SSHClientConnection, path: str, manifest: Manifest, timeout: float) -> None:
-    """Store the manifest atomically (write aside, rename). Failing here only costs the next deploy a full upload."""
+async def write_manifest(
+    conn: SSHClientConnection, path: str, manifest: Manifest, timeout: float, gzip: bool = False
+) -> None:
+    """Store the manifest atomically (write aside, rename). Failing here only costs the next deploy a full upload.
+    With `gzip` it travels compressed (stored as plain JSON)."""
     target = shell_path(path)
     parent = shell_path(posixpath.dirname(path) or ".")
-    await capture(conn, f"mkdir -p -- {parent} && cat > {target}.tmp.$$ && mv -f -- {target}.tmp.$$ {target}",
-                  timeout, stdin=manifest.dumps().encode())
+    data = manifest.dumps().encode()
+    if gzip:
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+        data = packer.compress(data) + packer.flush()
+    await capture(conn, f"mkdir -p -- {parent} && {'gzip -dc' if gzip else 'cat'} > {target}.tmp.$$ && "
+                  f"mv -f -- {target}.tmp.$$ {target}", timeout, stdin=data)

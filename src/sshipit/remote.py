@@ -39,6 +39,7 @@ class Captured:
     exit_status: int | None
     stdout: str
     stderr: str
+    raw: bytes = b""  # stdout as it came (for output that is not text, like a gzip stream)
 
 
 async def capture(conn: SSHClientConnection, command: str, timeout: float, stdin: bytes = b"") -> Captured:
@@ -53,7 +54,7 @@ async def capture(conn: SSHClientConnection, command: str, timeout: float, stdin
         process.close()
     out = result.stdout if isinstance(result.stdout, bytes) else b""
     err = result.stderr if isinstance(result.stderr, bytes) else b""
-    return Captured(result.exit_status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+    return Captured(result.exit_status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), out)
 
 
 async def probe(conn: SSHClientConnection, timeout: float) -> ServerTraits:

@@ -174,12 +174,14 @@ async def _upload(
 
     # Incremental: compare with the manifest of what is there (the live release, for atomic deploys).
     view = None
+    gzip = "gzip" in traits.tools  # the manifest and the server's listing travel compressed
     if releases is not None:
         if live is not None and plan.incremental:
             view = await read_server(conn, releases.path(RELEASES, live), releases.manifest_path(live),
-                                     plan.connect_timeout)
+                                     plan.connect_timeout, gzip)
     elif (plan.incremental or plan.prune) and not plan.rm:
-        view = await read_server(conn, dest, user_manifest_path(plain_manifest_key(dest)), plan.connect_timeout)
+        view = await read_server(conn, dest, user_manifest_path(plain_manifest_key(dest)), plan.connect_timeout,
+                                 gzip)
     delta = compare(entries, view, plan.delete if releases is None else ())
     send = delta.send if plan.incremental else entries
     if releases is not None:
@@ -190,12 +192,16 @@ async def _upload(
     else:
         manifest_path = user_manifest_path(plain_manifest_key(dest))
     old_manifest = view.manifest if view is not None else None
+    in_place = releases is None and view is not None and view.exists
     view = None  # its listings of the server are done with: free them before the upload (memory of big builds)
     hashes = delta.hashes
     progress = Progress.of(send)
-    async with console.progress(host, progress):
-        stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes,
-                                 progress=progress)
+    if send or plan.rm or plan.delete or not in_place:
+        async with console.progress(host, progress):
+            stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes,
+                                     progress=progress)
+    else:  # nothing to send to a target that is there: not even a command to run
+        stats = UploadStats("tar")
     if plan.incremental:
         stats.skipped_files, stats.skipped_bytes = delta.skipped_files, delta.skipped_bytes
     if releases is None and plan.prune and delta.stale:
@@ -205,8 +211,11 @@ async def _upload(
     manifest = Manifest.of(entries, hashes)
     if releases is None and not plan.prune and old_manifest is not None:
         manifest.carry(old_manifest, delta.stale)
+    # Unchanged (no file sent, none pruned, same list): the manifest on the server is still exact, and it keeps
+    # its time, which is what tells later deploys which server files were edited since.
+    if not (in_place and stats.files == 0 and manifest == old_manifest):
+        await write_manifest(conn, manifest_path, manifest, plan.connect_timeout, gzip)
     old_manifest = None
-    await write_manifest(conn, manifest_path, manifest, plan.connect_timeout)
     result.upload = stats
     _report_upload(console, host, stats, dest)
     return dest
