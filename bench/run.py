@@ -70,6 +70,7 @@ class Bench:
         self.endpoints: dict[str, list[Endpoint]] = {}  # link -> servers (fan-out adds loopback ones)
         self.targets: set[tuple[Path, str]] = set()
         self.area = servers.TargetArea(enabled=not args.disk)
+        self.git: dict[str, str] = {}
 
     # -- set-up ----------------------------------------------------------------
 
@@ -84,6 +85,7 @@ class Bench:
         home = self.scratch / "client-home"
         home.mkdir()
         self.ctx = Context(key=self.key.private_path, scratch=self.scratch, sshipit_src=src, home=home)
+        self.git = git_state()  # the code copied above: what the run measures, whatever is committed meanwhile
         servers.remove_leftovers()
         self.area.ensure(Path(default_login_user().pw_dir))  # loopback and slow-link servers share this login
         started = servers.loopback_servers(self.scratch, self.key.public_text, [None])
@@ -318,7 +320,7 @@ def results_of(bench: Bench, started: float) -> dict:
         "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip(),
         "rsync": " ".join(subprocess.run(["rsync", "--version"], capture_output=True, text=True,
                                          check=False).stdout.split("\n")[0].split()),
-        "git": git_state(),
+        "git": bench.git,
         "workload": {"name": bench.workload.spec.name, **bench.workload.summary()},
         "links": bench.links,
         "runs": args.runs, "slow_runs": args.slow_runs,
