@@ -116,7 +116,8 @@ def bare_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalSe
     bin_dir.mkdir(parents=True)
     bin_dir.chmod(0o755)
     for tool in ("sh", "tar", "find", "cat", "mkdir", "cp", "mv", "rm", "ls", "grep", "sleep", "kill", "ln",
-                 "readlink", "head", "tr", "sed", "env", "id", "uname", "dirname", "basename", "chmod", "touch"):
+                 "readlink", "head", "tr", "sed", "env", "id", "uname", "dirname", "basename", "chmod", "touch",
+                 "date"):
         (bin_dir / tool).symlink_to(busybox)
     srv = _start(workdir, keys, f"SetEnv PATH={bin_dir}\n")
     try:

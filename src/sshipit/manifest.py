@@ -230,15 +230,24 @@ def seed_removals(entries: list[Entry], delta: Delta, view: ServerView) -> list[
 
 
 async def write_manifest(
-    conn: SSHClientConnection, path: str, manifest: Manifest, timeout: float, gzip: bool = False
+    conn: SSHClientConnection, path: str, manifest: Manifest, timeout: float, gzip: bool = False,
+    backdate: bool = False,
 ) -> None:
     """Store the manifest atomically (write aside, rename). Failing here only costs the next deploy a full upload.
-    With `gzip` it travels compressed (stored as plain JSON)."""
+
+    With `gzip` it travels compressed (stored as plain JSON). With `backdate` (a server whose find has no
+    -cnewer, so edits are found by `-newer`: mtimes, in whole seconds there) its time is set one second back, so
+    that an edit made within the second of this deploy still counts as newer. Our own files keep the build's
+    mtimes, so this costs nothing but a rare re-send.
+    """
     target = shell_path(path)
     parent = shell_path(posixpath.dirname(path) or ".")
     data = manifest.dumps().encode()
     if gzip:
         packer = zlib.compressobj(1, zlib.DEFLATED, 31)
         data = packer.compress(data) + packer.flush()
-    await capture(conn, f"mkdir -p -- {parent} && {'gzip -dc' if gzip else 'cat'} > {target}.tmp.$$ && "
-                  f"mv -f -- {target}.tmp.$$ {target}", timeout, stdin=data)
+    command = (f"mkdir -p -- {parent} && {'gzip -dc' if gzip else 'cat'} > {target}.tmp.$$ && "
+               f"mv -f -- {target}.tmp.$$ {target}")
+    if backdate:
+        command += f' && {{ t=$(date +%s) && touch -d "@$((t - 1))" -- {target}; }} 2>/dev/null'
+    await capture(conn, command, timeout, stdin=data)

@@ -18,7 +18,8 @@ _PROBE = (
     f"printf '%s\\n' {PROBE_MARK}; "
     "if tar --version 2>/dev/null | grep -q 'GNU tar'; then echo tar=gnu; "
     "elif command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi; "
-    "for c in zstd gzip; do command -v $c >/dev/null 2>&1 && echo has=$c; done; true"
+    "for c in zstd gzip; do command -v $c >/dev/null 2>&1 && echo has=$c; done; "
+    "find . -maxdepth 0 -cnewer . >/dev/null 2>&1 && echo has=find-cnewer; true"
 )
 
 
@@ -26,7 +27,7 @@ _PROBE = (
 class ServerTraits:
     shell: bool  # False for an SFTP-only account (ForceCommand internal-sftp, a nologin shell)
     tar: str  # gnu, other (BusyBox, bsdtar) or none
-    tools: frozenset[str] = frozenset()  # decompressors found: zstd, gzip
+    tools: frozenset[str] = frozenset()  # found: zstd, gzip, find-cnewer (GNU find; BusyBox's has not)
 
     @property
     def tar_extract(self) -> str:

@@ -214,7 +214,8 @@ async def _upload(
     # Unchanged (no file sent, none pruned, same list): the manifest on the server is still exact, and it keeps
     # its time, which is what tells later deploys which server files were edited since.
     if not (in_place and stats.files == 0 and manifest == old_manifest):
-        await write_manifest(conn, manifest_path, manifest, plan.connect_timeout, gzip)
+        await write_manifest(conn, manifest_path, manifest, plan.connect_timeout, gzip,
+                             backdate="find-cnewer" not in traits.tools)
     old_manifest = None
     result.upload = stats
     _report_upload(console, host, stats, dest)
