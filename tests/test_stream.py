@@ -14,7 +14,7 @@ import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sshipit.manifest import HASH, Manifest, file_hash
+from sshipit.manifest import HASH, Manifest, file_hash, forget_local_hashes, local_hash
 from sshipit.remote import ServerTraits
 from sshipit.sources import Entry
 from sshipit.upload import _tarfile_header, choose_compression, tar_header
@@ -83,3 +83,17 @@ def test_content_hash_is_blake3_and_recorded_in_the_manifest(tmp_path: Path) -> 
     # A manifest from another hash (an older sshipit: SHA-256) is no manifest: a full upload, never a wrong one.
     assert Manifest.loads(text.replace(f'"hash":"{HASH}"', '"hash":"sha256"')) is None
     assert Manifest.loads('{"version":1,"files":{},"links":{}}') is None
+
+
+def test_local_hashes_are_shared_within_one_deploy_only(tmp_path: Path) -> None:
+    """Hosts of one deploy share each local file's hash (computed once); deploy() forgets them at its start."""
+    path = tmp_path / "f.txt"
+    path.write_text("one\n")
+    entry = Entry(str(path), "f.txt", "file", 0o644, 0, 4)
+    forget_local_hashes()
+    first = local_hash(entry)
+    assert first == file_hash(str(path))
+    path.write_text("two\n")  # not during a real deploy; here it shows that the second host would not re-read it
+    assert local_hash(entry) == first
+    forget_local_hashes()
+    assert local_hash(entry) == file_hash(str(path)) != first

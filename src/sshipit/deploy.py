@@ -15,6 +15,7 @@ import asyncio
 from dataclasses import dataclass
 
 from sshipit.connect import shared_tunnels
+from sshipit.manifest import forget_local_hashes
 from sshipit.plan import HostSpec, Plan
 from sshipit.report import Console, HostResult
 from sshipit.session import Fleet, Gate, deploy_host
@@ -41,6 +42,7 @@ class _Budget:
 
 
 async def deploy(plan: Plan, console: Console) -> list[HostResult]:
+    forget_local_hashes()  # hashes of local files are shared by the hosts of one deploy, never kept beyond it
     console.prefix_hosts = len(plan.hosts) > 1
     console.atomic = plan.atomic
     async with shared_tunnels(plan, console.info, console.warn):

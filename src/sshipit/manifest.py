@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import sys
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -48,6 +49,27 @@ class Digest(Protocol):
     def hexdigest(self) -> str: ...
 
 
+_LOCAL_HASHES: dict[str, str] = {}  # local path -> hash during one deploy (see deploy.py): hosts share it
+
+
+def local_hash(entry: Entry) -> str:
+    """The content hash of a local source file, computed once however many hosts compare against it."""
+    return cached_hash(entry.local) or remember_hash(entry.local, file_hash(entry.local))
+
+
+def forget_local_hashes() -> None:
+    _LOCAL_HASHES.clear()
+
+
+def cached_hash(path: str) -> str | None:
+    return _LOCAL_HASHES.get(path)
+
+
+def remember_hash(path: str, value: str) -> str:
+    _LOCAL_HASHES[path] = value
+    return value
+
+
 def file_hash(path: str) -> str:
     digest = new_digest()
     with open(path, "rb") as handle:
@@ -71,9 +93,11 @@ class Manifest:
             data = json.loads(text)
             if data.get("version") != VERSION or data.get("hash") != HASH:
                 return None
-            files, links = data["files"], data["links"]
-            for path, value in files.items():  # in place: a second dict would double the peak for big builds
-                files[path] = (int(value[0]), int(value[1]), str(value[2]))
+            raw_files, links = data["files"], data["links"]
+            files = {}
+            for path in list(raw_files):  # popped as converted: the JSON's lists go while the tuples come
+                value = raw_files.pop(path)
+                files[sys.intern(path)] = (int(value[0]), int(value[1]), str(value[2]))
             if not all(isinstance(v, str) for v in links.values()):
                 return None
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
@@ -160,7 +184,8 @@ async def read_server(
     manifest_text, files, dirs, touched = parts
 
     def names(block: str) -> set[str]:
-        return {posixpath.normpath(n) for n in block.split("\0") if n and n != "."}
+        # Interned: with many hosts, each host's listing then shares one string per path (so do Entry names).
+        return {sys.intern(posixpath.normpath(n)) for n in block.split("\0") if n and n != "."}
 
     return ServerView(Manifest.loads(manifest_text) if manifest_text.strip() else None,
                       names(files), names(dirs), names(touched), exists=True)
@@ -203,7 +228,7 @@ def compare(entries: list[Entry], view: ServerView | None, removed: tuple[str, .
             continue
         known = manifest.files.get(entry.name)
         if on_server and known is not None and known[0] == entry.size and known[1] == entry.mode:
-            digest = file_hash(str(entry.local))
+            digest = local_hash(entry)
             delta.hashes[entry.name] = digest
             if digest == known[2]:
                 delta.skipped_files += 1

@@ -11,6 +11,7 @@ import glob
 import os
 import posixpath
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -99,7 +100,7 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
         is_dir = stat.S_ISDIR(mode)
         if rel and is_excluded(rel, is_dir):
             return
-        name = "/".join(rel.split("/")[strip_components:]) if rel and strip_components else rel
+        name = sys.intern("/".join(rel.split("/")[strip_components:]) if rel and strip_components else rel)
         if name:
             if stat.S_ISLNK(mode):
                 entry = Entry(local, name, "symlink", 0o777, int(info.st_mtime), link=os.readlink(local))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sshipit.errors import DeployError
-from sshipit.manifest import new_digest
+from sshipit.manifest import cached_hash, new_digest, remember_hash
 from sshipit.remote import ServerTraits, on_this_machine
 from sshipit.rules import quote, shell_path
 from sshipit.sources import Entry
@@ -161,7 +161,8 @@ def tar_stream(
         pending += tar_header(entry)
         if entry.kind == "file":
             remaining = entry.size
-            digest = new_digest() if hashes is not None else None
+            known = cached_hash(entry.local) if hashes is not None else None  # another host's stream did it
+            digest = new_digest() if hashes is not None and known is None else None
             with open(entry.local, "rb") as handle:
                 while remaining:
                     piece = handle.read(min(CHUNK, remaining))
@@ -181,8 +182,8 @@ def tar_stream(
                         yield bytes(pending)
                         pending.clear()
             pending += b"\0" * (-entry.size % _BLOCK)
-            if digest is not None and hashes is not None:
-                hashes[entry.name] = digest.hexdigest()
+            if hashes is not None:
+                hashes[entry.name] = known or remember_hash(entry.local, digest.hexdigest() if digest else "")
             if progress is not None:
                 progress.files += 1
         if len(pending) >= CHUNK:
