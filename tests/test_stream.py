@@ -6,6 +6,7 @@ pieces that were rewritten for speed to what the standard library would produce.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sshipit.connect import _Coalescing
 from sshipit.manifest import HASH, Manifest, file_hash, forget_local_hashes, local_hash
 from sshipit.remote import ServerTraits
 from sshipit.sources import Entry
@@ -97,3 +99,45 @@ def test_local_hashes_are_shared_within_one_deploy_only(tmp_path: Path) -> None:
     assert local_hash(entry) == first
     forget_local_hashes()
     assert local_hash(entry) == file_hash(str(path)) != first
+
+
+class _RecordingTransport:
+    """Stands in for the socket under the coalescing layer: it records each write (one send() each)."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 22) if name == "peername" else None
+
+
+def test_writes_of_one_loop_turn_leave_in_one_send_in_order() -> None:
+    async def scenario() -> _RecordingTransport:
+        raw = _RecordingTransport()
+        wrapped = _Coalescing(raw)  # type: ignore[arg-type]
+        for n in range(16):  # a 256 KiB channel write: 8 data packets, each after an ignore packet
+            wrapped.write(b"i%d," % n)
+            wrapped.write(b"d%d;" % n)
+        assert raw.sends == [] and wrapped.get_write_buffer_size() == sum(len(b"i%d,d%d;" % (n, n)) for n in range(16))
+        await asyncio.sleep(0)
+        assert raw.sends == [b"".join(b"i%d,d%d;" % (n, n) for n in range(16))]
+        wrapped.write(b"bye")
+        wrapped.close()  # flushed before the socket closes: a disconnect message is not lost
+        assert raw.sends[-1] == b"bye" and raw.closed
+        assert wrapped.get_extra_info("peername") == ("127.0.0.1", 22)
+        return raw
+
+    assert len(asyncio.run(scenario()).sends) == 2
