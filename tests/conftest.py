@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Result, plugin_env, rmtree, ssh
+from helpers import Result, plugin_env, rmtree, server_bin_dir, ssh
 from helpers import run_sshipit as _run_sshipit
 from sshipit.localserver import KeyPair, LocalServer, default_login_user, generate_key
 
@@ -79,19 +79,21 @@ def busybox_config(bin_dir: Path) -> str:
     return f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin\n"
 
 
-@pytest.fixture(scope="session")
-def busybox_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
-    """An sshd whose remote commands find BusyBox's tar first on PATH."""
+def _busybox(fixture: str) -> str:
     busybox = shutil.which("busybox") or next(
         (p for p in ("/bin/busybox", "/usr/bin/busybox") if os.access(p, os.X_OK)), None
     )
     if busybox is None:
-        pytest.fail("busybox is not installed (apt-get install -y busybox): busybox_server needs it")
+        pytest.fail(f"busybox is not installed (apt-get install -y busybox): {fixture} needs it")
+    return busybox
+
+
+@pytest.fixture(scope="session")
+def busybox_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
+    """An sshd whose remote commands find BusyBox's tar first on PATH."""
     workdir = server_root / "busybox"
-    bin_dir = workdir / "busybox-bin"
-    bin_dir.mkdir(parents=True)
-    bin_dir.chmod(0o755)
-    (bin_dir / "tar").symlink_to(busybox)
+    bin_dir = server_bin_dir(workdir / "busybox-bin")
+    (bin_dir / "tar").symlink_to(_busybox("busybox_server"))
     srv = _start(workdir, keys, busybox_config(bin_dir))
     try:
         result = ssh(srv, keys["ed25519"], "command -v tar; tar --help 2>&1", workdir / "known_hosts")
@@ -108,13 +110,9 @@ def busybox_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[Loca
 @pytest.fixture(scope="session")
 def bare_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """An sshd whose remote commands find only BusyBox's basic tools: tar, find, cp... but no gzip, no zstd."""
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.fail("busybox is not installed (apt-get install -y busybox): bare_server needs it")
+    busybox = _busybox("bare_server")
     workdir = server_root / "bare"
-    bin_dir = workdir / "bare-bin"
-    bin_dir.mkdir(parents=True)
-    bin_dir.chmod(0o755)
+    bin_dir = server_bin_dir(workdir / "bare-bin")
     for tool in ("sh", "tar", "find", "cat", "mkdir", "cp", "mv", "rm", "ls", "grep", "sleep", "kill", "ln",
                  "readlink", "head", "tr", "sed", "env", "id", "uname", "dirname", "basename", "chmod", "touch",
                  "date"):

@@ -219,3 +219,10 @@ def one_error(result: Result, status: int, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], f"{needle!r} not in the error line\n{result}"
     return errors[0]
+
+
+def server_bin_dir(path: Path) -> Path:
+    """A new directory of programs for a test server's PATH (its login user must read and enter it)."""
+    path.mkdir(parents=True)
+    path.chmod(0o755)
+    return path

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import REPO, Result, clean_env, plugin_env, rmtree
+from helpers import REPO, Result, clean_env, plugin_env, rmtree, server_bin_dir
 from sshipit.localserver import KeyPair, LocalServer, default_login_user, generate_key
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # colour and weight
@@ -136,9 +136,7 @@ def slow_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalSe
     if python is None:
         pytest.fail("the slow-upload server needs /usr/bin/python3 on the server side to throttle tar's input")
     workdir = server_root / "slow-tar"
-    bin_dir = workdir / "bin"
-    bin_dir.mkdir(parents=True)
-    bin_dir.chmod(0o755)
+    bin_dir = server_bin_dir(workdir / "bin")
     throttle = bin_dir / "throttle.py"
     throttle.write_text(
         "import sys, time\n"
@@ -165,9 +163,7 @@ def slow_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalSe
 def no_tar_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """An sshd whose remote commands find every usual tool on PATH but tar."""
     workdir = server_root / "no-tar"
-    bin_dir = workdir / "bin"
-    bin_dir.mkdir(parents=True)
-    bin_dir.chmod(0o755)
+    bin_dir = server_bin_dir(workdir / "bin")
     for directory in ("/usr/local/bin", "/usr/bin", "/bin"):
         for tool in Path(directory).iterdir() if Path(directory).is_dir() else []:
             if tool.name != "tar" and not (bin_dir / tool.name).exists():
