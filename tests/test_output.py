@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pty
+import random
 import re
 import select
 import shutil
@@ -285,6 +286,25 @@ def test_a_long_upload_reports_progress_in_plain_lines(
     assert "\r" not in result.output and not SGR.search(result.output)  # one plain line at a time in a log
     # A line every 5s after the first at 3s, not more: a 5-8s upload tells it once or twice.
     assert len(progress) <= 1 + int(elapsed - 3) // 5, result
+
+
+def test_zstd_level_rises_when_the_link_is_the_limit_and_files_land_whole(
+    slow_server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+) -> None:
+    """Behind a slow server the tar worker mostly waits, so zstd steps up a level (ending one frame, starting the
+    next); the frames unpack as one stream, byte for byte."""
+    rng = random.Random(5)
+    words = [bytes(rng.choices(range(97, 123), k=rng.randint(2, 9))) for _ in range(3000)]
+    (workspace / "dist").mkdir()
+    text = b" ".join(rng.choices(words, k=2_300_000))[: 14 << 20]  # ~3x compressible, 14 MiB: ~5s at 3 MB/s
+    (workspace / "dist/words.txt").write_bytes(text)
+    (workspace / "dist/small.txt").write_text("after the switch\n")
+    env = plugin_env(slow_server, keys["ed25519"], target=str(remote_dir), sources="dist", compress="zstd")
+    result = run_sshipit(env=env)
+    assert result.returncode == 0, result
+    assert re.search(r"over tar\+zstd \(levels 1→3", result.stdout), result
+    assert (remote_dir / "dist/words.txt").read_bytes() == text
+    assert (remote_dir / "dist/small.txt").read_text() == "after the switch\n"
 
 
 def test_a_long_upload_on_a_terminal_draws_one_live_bar(

@@ -19,7 +19,7 @@ from sshipit.connect import _Coalescing
 from sshipit.manifest import HASH, Manifest, file_hash, forget_local_hashes, local_hash
 from sshipit.remote import ServerTraits
 from sshipit.sources import Entry
-from sshipit.upload import _tarfile_header, choose_compression, tar_header
+from sshipit.upload import ZSTD_LEVELS, _tarfile_header, choose_compression, next_level, tar_header
 
 names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"), min_size=1, max_size=60)
 paths = st.lists(names, min_size=1, max_size=4).map("/".join)
@@ -141,3 +141,11 @@ def test_writes_of_one_loop_turn_leave_in_one_send_in_order() -> None:
         return raw
 
     assert len(asyncio.run(scenario()).sends) == 2
+
+
+def test_zstd_level_follows_how_long_the_worker_waited_for_the_link() -> None:
+    assert ZSTD_LEVELS[0] == 1 and ZSTD_LEVELS[-1] <= 9  # beyond 9 the compressor alone needs ~45 MB
+    assert next_level(0, 0.9) == 1 and next_level(1, 0.6) == 2  # the link is the limit: stronger, for free
+    assert next_level(len(ZSTD_LEVELS) - 1, 1.0) == len(ZSTD_LEVELS) - 1
+    assert next_level(2, 0.05) == 1 and next_level(0, 0.0) == 0  # compressing is the limit: lighter
+    assert next_level(2, 0.3) == 2  # in between: stay
