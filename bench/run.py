@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sshipit's benchmark: sshipit against the tools users would pick instead, in one run, interleaved.
 
-    python3 bench/run.py            # full workload, 3 runs each (as root: loopback and a 50 Mbit/s link)
+    python3 bench/run.py            # full workload, 3 runs each (as root: also 1 on a 50 Mbit/s link)
     python3 bench/run.py --quick    # tiny workload, 1 run: a smoke test (well under a minute)
 
 Writes bench/results/latest.md (also printed), latest.json (every run's raw numbers) and latest.png.
