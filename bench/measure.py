@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sshipit.localserver import descendants
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_EVERY = 0.02
 
@@ -36,27 +38,7 @@ class Measured:
 def _tree_memory(root: int) -> tuple[int, int]:
     """(sum of VmRSS, largest VmHWM) over `root` and its descendants (processes with a pid >= root's, which is
     where children go between pid wrap-arounds)."""
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid < root:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        parents[pid] = int(data.rsplit(b")", 1)[1].split()[1])
-    tree = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                changed = True
+    tree = [root, *descendants(root, newer_only=True)]
     total = hwm = 0
     for pid in tree:
         try:

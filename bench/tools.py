@@ -94,25 +94,21 @@ class Sshipit(Tool):
 
 class TarSsh(Tool):
     key, label = "tar", "OpenSSH tar"
+    z = ""  # "z": gzip on both ends
     note = "tar -C app -cf - . | ssh host 'tar -C target -xf -'"
 
     def per_host(self, ep: Endpoint, workspace: Path, target: str, ctx: Context) -> str:
         remote = shlex.quote(remote_path(ep, target))
         ssh = shlex.join(["ssh", *ctx.ssh_options(ep), f"{ep.user}@{ep.host}", f"mkdir -p {remote} && "
-                          f"tar -C {remote} -xf -"])
-        return f"tar -C app -cf - . | {ssh}"
+                          f"tar -C {remote} -x{self.z}f -"])
+        return f"tar -C app -c{self.z}f - . | {ssh}"
 
 
-class TarGzSsh(Tool):
+class TarGzSsh(TarSsh):
     key, label = "tar-gz", "OpenSSH tar|gzip"
+    z = "z"
     links = ("50mbit",)
     note = "tar -C app -czf - . | ssh host 'tar -C target -xzf -'"
-
-    def per_host(self, ep: Endpoint, workspace: Path, target: str, ctx: Context) -> str:
-        remote = shlex.quote(remote_path(ep, target))
-        ssh = shlex.join(["ssh", *ctx.ssh_options(ep), f"{ep.user}@{ep.host}", f"mkdir -p {remote} && "
-                          f"tar -C {remote} -xzf -"])
-        return f"tar -C app -czf - . | {ssh}"
 
 
 class Rsync(Tool):

@@ -228,10 +228,10 @@ def _first_blocked_dir(path: Path, entry: pwd.struct_passwd) -> Path | None:
 # processes
 
 
-def _proc_children() -> dict[int, list[int]]:
+def _proc_children(lowest: int = 0) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) < lowest:
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
@@ -244,8 +244,10 @@ def _proc_children() -> dict[int, list[int]]:
     return children
 
 
-def _descendants(pid: int) -> list[int]:
-    children = _proc_children()
+def descendants(pid: int, *, newer_only: bool = False) -> list[int]:
+    """The processes below `pid`, from /proc. `newer_only` looks at higher pids only (where children go between
+    pid wrap-arounds): cheaper when sampled often, as the benchmark does."""
+    children = _proc_children(pid if newer_only else 0)
     found: list[int] = []
     todo = [pid]
     while todo:
@@ -547,7 +549,7 @@ class LocalServer:
             _running.discard(self)
 
     def _all_pids(self, listener: int) -> list[int]:
-        pids = _descendants(listener)
+        pids = descendants(listener)
         if self.port:
             pids += [p for p in _session_processes(self.port) if p not in pids and p != listener]
         return pids
