@@ -183,8 +183,10 @@ def tar_stream(
                         yield bytes(pending)
                         pending.clear()
             pending += b"\0" * (-entry.size % _BLOCK)
-            if hashes is not None:
-                hashes[entry.name] = known or remember_hash(entry.local, digest.hexdigest() if digest else "")
+            if digest is not None:
+                known = remember_hash(entry.local, digest.hexdigest())
+            if hashes is not None and known is not None:
+                hashes[entry.name] = known
             if progress is not None:
                 progress.files += 1
         if len(pending) >= CHUNK:
