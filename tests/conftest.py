@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Result, plugin_env, rmtree, server_bin_dir, ssh
+from helpers import Result, plugin_env, rmtree, server_bin_dir, ssh, start_server
 from helpers import run_sshipit as _run_sshipit
 from sshipit.localserver import KeyPair, LocalServer, default_login_user, generate_key
 
@@ -51,17 +51,10 @@ def server_root() -> Iterator[Path]:
     rmtree(root)
 
 
-def _start(workdir: Path, keys: dict[str, KeyPair], extra_config: str = "") -> LocalServer:
-    server = LocalServer(workdir, extra_config=extra_config)
-    for key in keys.values():
-        server.authorize(key.public_text)
-    return server.start()
-
-
 @pytest.fixture(scope="session")
 def server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """A real sshd on 127.0.0.1 that accepts every key of `keys`."""
-    srv = _start(server_root / "main", keys)
+    srv = start_server(server_root / "main", keys)
     yield srv
     srv.stop()
 
@@ -69,7 +62,7 @@ def server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]
 @pytest.fixture(scope="session")
 def sftp_only_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """An sshd that serves SFTP only: any command runs internal-sftp instead."""
-    srv = _start(server_root / "sftp-only", keys, "ForceCommand internal-sftp\n")
+    srv = start_server(server_root / "sftp-only", keys, "ForceCommand internal-sftp\n")
     yield srv
     srv.stop()
 
@@ -94,7 +87,7 @@ def busybox_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[Loca
     workdir = server_root / "busybox"
     bin_dir = server_bin_dir(workdir / "busybox-bin")
     (bin_dir / "tar").symlink_to(_busybox("busybox_server"))
-    srv = _start(workdir, keys, busybox_config(bin_dir))
+    srv = start_server(workdir, keys, busybox_config(bin_dir))
     try:
         result = ssh(srv, keys["ed25519"], "command -v tar; tar --help 2>&1", workdir / "known_hosts")
         if not result.stdout.startswith(f"{bin_dir}/tar\n") or "BusyBox" not in result.stdout:
@@ -117,7 +110,7 @@ def bare_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalSe
                  "readlink", "head", "tr", "sed", "env", "id", "uname", "dirname", "basename", "chmod", "touch",
                  "date"):
         (bin_dir / tool).symlink_to(busybox)
-    srv = _start(workdir, keys, f"SetEnv PATH={bin_dir}\n")
+    srv = start_server(workdir, keys, f"SetEnv PATH={bin_dir}\n")
     try:
         result = ssh(srv, keys["ed25519"], "command -v tar; command -v gzip; command -v zstd; true",
                      workdir / "known_hosts")

@@ -226,3 +226,44 @@ def server_bin_dir(path: Path) -> Path:
     path.mkdir(parents=True)
     path.chmod(0o755)
     return path
+
+
+def cut_connections(server: LocalServer) -> list[int]:
+    """Kill every sshd process serving a connection (the root monitor and the user's network process), but not
+    the listener nor the remote commands: the TCP connection dies as in a network failure, the commands live on.
+
+    Killing the monitor alone (tests/test_release.py::_session_children) is not enough with OpenSSH 9: after
+    login the network process carries the connection on its own.
+    """
+    assert server.pid is not None
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                names[int(entry)] = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    killed: list[int] = []
+    todo = list(children.get(server.pid, []))
+    while todo:
+        pid = todo.pop()
+        if names.get(pid, "").startswith("sshd"):
+            todo += children.get(pid, [])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def start_server(workdir: Path, keys: dict[str, KeyPair], extra_config: str = "", user: str | None = None,
+                 authorize: tuple[str, ...] | None = None) -> LocalServer:
+    """A started LocalServer in `workdir` that accepts `keys` (only those named in `authorize`, if given)."""
+    server = LocalServer(workdir, extra_config=extra_config, user=user)
+    for name, key in keys.items():
+        if authorize is None or name in authorize:
+            server.authorize(key.public_text)
+    return server.start()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import RunSshipit
-from helpers import Result, clean_env, plugin_env
+from helpers import Result, clean_env, plugin_env, start_server
 from sshipit.localserver import KeyPair, LocalServer
 
 
@@ -485,10 +485,7 @@ class TestEnvs:
 
 @pytest.fixture(scope="module")
 def second_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
-    srv = LocalServer(server_root / "second")
-    for key in keys.values():
-        srv.authorize(key.public_text)
-    srv.start()
+    srv = start_server(server_root / "second", keys)
     yield srv
     srv.stop()
 

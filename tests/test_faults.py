@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import REPO, Result, clean_env, one_error, plugin_env, rmtree
+from helpers import REPO, Result, clean_env, cut_connections, one_error, plugin_env, rmtree, start_server
 from sshipit.localserver import KeyPair, LocalServer, default_login_user
 
 STAGING = ".sshipit-upload."
@@ -67,7 +67,6 @@ def size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return -1
-
 
 
 def current(target: Path) -> str | None:
@@ -138,37 +137,6 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], what: s
     pytest.fail(f"timed out waiting for {what}\n{result}")
 
 
-def cut_connections(server: LocalServer) -> list[int]:
-    """Kill every sshd process serving a connection (the root monitor and the user's network process), but not
-    the listener nor the remote commands: the TCP connection dies as in a network failure, the commands live on.
-
-    Killing the monitor alone (tests/test_release.py::_session_children) is not enough with OpenSSH 9: after
-    login the network process carries the connection on its own.
-    """
-    assert server.pid is not None
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                names[int(entry)] = Path(f"/proc/{entry}/comm").read_text().strip()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    killed: list[int] = []
-    todo = list(children.get(server.pid, []))
-    while todo:
-        pid = todo.pop()
-        if names.get(pid, "").startswith("sshd"):
-            todo += children.get(pid, [])
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-    return killed
-
-
 def session_processes(port: int) -> list[int]:
     """Processes of SSH sessions on `port` (the remote commands), even once reparented."""
     found = []
@@ -191,9 +159,7 @@ def session_processes(port: int) -> list[int]:
 @pytest.fixture(scope="module")
 def fault_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """An sshd of this module's own: these tests kill it, and the session's shared server must live on."""
-    srv = LocalServer(server_root / "faults")
-    srv.authorize(keys["ed25519"].public_text)
-    srv.start()
+    srv = start_server(server_root / "faults", keys, authorize=("ed25519",))
     yield srv
     srv.stop()
 

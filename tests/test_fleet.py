@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import Result, plugin_env, rmtree
+from helpers import Result, plugin_env, rmtree, start_server
 from sshipit.localserver import KeyPair, LocalServer, generate_key
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -91,15 +91,6 @@ def fail_on(*servers: LocalServer) -> str:
     return f'case "$SSH_CONNECTION" in {patterns}) exit {FAIL_STATUS};; esac; echo fine'
 
 
-def _start(workdir: Path, keys: dict[str, KeyPair], extra_config: str = "", user: str | None = None,
-           authorize: tuple[str, ...] | None = None) -> LocalServer:
-    server = LocalServer(workdir, extra_config=extra_config, user=user)
-    for name, key in keys.items():
-        if authorize is None or name in authorize:
-            server.authorize(key.public_text)
-    return server.start()
-
-
 # ------------------------------------------------------------------------------------------------ jump hosts
 
 # DEBUG1 makes sshd log each direct-tcpip channel, with the host and port it connects to.
@@ -117,9 +108,9 @@ class Chain:
 def chain(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[Chain]:
     """Two bastions that accept only the ecdsa key, and a target with its own login that accepts only ed25519."""
     with ThreadPoolExecutor(3) as pool:
-        b1 = pool.submit(_start, server_root / "bastion1", keys, BASTION_CONFIG, None, ("ecdsa",))
-        b2 = pool.submit(_start, server_root / "bastion2", keys, BASTION_CONFIG, None, ("ecdsa",))
-        t2 = pool.submit(_start, server_root / "jump-target", keys, "", "sshipit-test2", ("ed25519",))
+        b1 = pool.submit(start_server, server_root / "bastion1", keys, BASTION_CONFIG, None, ("ecdsa",))
+        b2 = pool.submit(start_server, server_root / "bastion2", keys, BASTION_CONFIG, None, ("ecdsa",))
+        t2 = pool.submit(start_server, server_root / "jump-target", keys, "", "sshipit-test2", ("ed25519",))
         servers = Chain(b1.result(), b2.result(), t2.result())
     yield servers
     for srv in (servers.bastion1, servers.bastion2, servers.target2):
@@ -225,7 +216,7 @@ class TestJumpHosts:
     def test_hop_refusing_to_forward_is_explained(
         self, server_root: Path, chain: Chain, keys: dict[str, KeyPair], home_target: str, run_sshipit: RunSshipit,
     ) -> None:
-        closed = _start(server_root / "no-forwarding", keys, "AllowTcpForwarding no\n")
+        closed = start_server(server_root / "no-forwarding", keys, "AllowTcpForwarding no\n")
         try:
             env = chain_env(chain, keys, [chain.target2], home_target, script="true",
                             PLUGIN_JUMP=entry(closed), PLUGIN_PROXY_FINGERPRINT=",".join(fingerprints(closed)))
@@ -264,7 +255,7 @@ def fleet(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[list[Member]]
         os.chown(home, login.pw_uid, login.pw_gid)
         home.chmod(0o755)
         config = f'ForceCommand cd {home} && eval "$SSH_ORIGINAL_COMMAND"\n'
-        return Member(_start(workdir, keys, config, authorize=("ed25519",)), home)
+        return Member(start_server(workdir, keys, config, authorize=("ed25519",)), home)
 
     with ThreadPoolExecutor(10) as pool:
         futures = [pool.submit(start, number) for number in range(FLEET_SIZE)]

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import REPO, Result, clean_env, plugin_env, rmtree, server_bin_dir
+from helpers import REPO, Result, clean_env, plugin_env, rmtree, server_bin_dir, start_server
 from sshipit.localserver import KeyPair, LocalServer, default_login_user, generate_key
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # colour and weight
@@ -153,9 +153,7 @@ def slow_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalSe
                    'exec /usr/bin/tar "$@"\n')
     for path in (throttle, tar):
         path.chmod(0o755)
-    srv = LocalServer(workdir, extra_config=f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin\n")
-    srv.authorize(keys["ed25519"].public_text)
-    srv.start()
+    srv = start_server(workdir, keys, f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin\n", authorize=("ed25519",))
     yield srv
     srv.stop()
 
@@ -169,9 +167,7 @@ def no_tar_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[Local
         for tool in Path(directory).iterdir() if Path(directory).is_dir() else []:
             if tool.name != "tar" and not (bin_dir / tool.name).exists():
                 (bin_dir / tool.name).symlink_to(tool)
-    srv = LocalServer(workdir, extra_config=f"SetEnv PATH={bin_dir}\n")
-    srv.authorize(keys["ed25519"].public_text)
-    srv.start()
+    srv = start_server(workdir, keys, f"SetEnv PATH={bin_dir}\n", authorize=("ed25519",))
     yield srv
     srv.stop()
 
@@ -179,9 +175,7 @@ def no_tar_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[Local
 @pytest.fixture(scope="module")
 def other_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """A second sshd with a login of its own, so that a relative target is a different directory on each."""
-    srv = LocalServer(server_root / "output-other", user="sshipit-test2")
-    srv.authorize(keys["ed25519"].public_text)
-    srv.start()
+    srv = start_server(server_root / "output-other", keys, user="sshipit-test2", authorize=("ed25519",))
     yield srv
     srv.stop()
 

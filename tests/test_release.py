@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import Result, clean_env, plugin_env, rmtree
+from helpers import Result, clean_env, plugin_env, rmtree, start_server
 from sshipit.localserver import KeyPair, LocalServer
 
 
@@ -283,10 +283,7 @@ class TestFaults:
 @pytest.fixture(scope="module")
 def other_user_server(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[LocalServer]:
     """A second server with its own login (and so its own home), standing for a second machine."""
-    srv = LocalServer(server_root / "other-user", user="sshipit-test2")
-    for key in keys.values():
-        srv.authorize(key.public_text)
-    srv.start()
+    srv = start_server(server_root / "other-user", keys, user="sshipit-test2")
     yield srv
     srv.stop()
 
