@@ -1,5 +1,5 @@
 """`python -m sshipit` runs the same command line as the `sshipit` script."""
 
-from sshipit.cli import main
+from sshipit.cli import run
 
-raise SystemExit(main())
+run()

@@ -88,9 +88,12 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
 
     root = str(workspace)
 
-    def add(rel: str, info: os.stat_result | None = None) -> None:
-        # Strings and os.scandir, not Path objects: this runs once per file of the build (tens of thousands).
-        local = os.path.join(root, rel) if rel else root
+    def strip(rel: str) -> str:
+        return "/".join(rel.split("/")[strip_components:]) if rel and strip_components else rel
+
+    def add(rel: str, local: str, name: str, info: os.stat_result | None = None) -> None:
+        # Strings and os.scandir, not Path objects, and each child's names built from its parent's: this runs
+        # once per file of the build (tens of thousands).
         if info is None:
             try:
                 info = os.lstat(local)
@@ -100,8 +103,8 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
         is_dir = stat.S_ISDIR(mode)
         if rel and is_excluded(rel, is_dir):
             return
-        name = sys.intern("/".join(rel.split("/")[strip_components:]) if rel and strip_components else rel)
         if name:
+            name = sys.intern(name)
             if stat.S_ISLNK(mode):
                 entry = Entry(local, name, "symlink", 0o777, int(info.st_mtime), link=os.readlink(local))
             elif is_dir:
@@ -123,12 +126,17 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
         if is_dir:
             try:
                 with os.scandir(local) as listing:
-                    children = sorted((child.name, child.stat(follow_symlinks=False)) for child in listing)
+                    children = sorted((child.name, child.path, child.stat(follow_symlinks=False))
+                                      for child in listing)
             except OSError as exc:
                 raise SettingsError(f"cannot list source {rel or '.'}: {exc.strerror}",
                                     setting="sources") from None
-            for child, child_info in children:
-                add(f"{rel}/{child}" if rel else child, child_info)
+            # A child's name is its parent's plus its own, unless strip_components removes it all.
+            strips_child = strip_components > (rel.count("/") + 1 if rel else 0)
+            for child, child_local, child_info in children:
+                child_rel = f"{rel}/{child}" if rel else child
+                child_name = strip(child_rel) if strips_child or not name else f"{name}/{child}"
+                add(child_rel, child_local, child_name, child_info)
 
     for source in includes:
         rel = _relative_source(source, workspace)
@@ -138,12 +146,13 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
                 raise SettingsError(f"source pattern {source!r} matched nothing in {workspace}",
                                     setting="sources", hint="check the pattern and that the build produced it")
             for match in matches:
-                add(os.path.normpath(match))
+                rel = os.path.normpath(match)
+                add(rel, os.path.join(root, rel), strip(rel))
         else:
             if not os.path.lexists(workspace / rel if rel else workspace):
                 raise SettingsError(f"source {source!r} does not exist in {workspace}", setting="sources",
                                     hint="check the path and that the build produced it")
-            add(rel)
+            add(rel, os.path.join(root, rel) if rel else root, strip(rel))
     entries = list(found.values())
     if not entries:
         raise SettingsError("sources selected nothing to upload", setting="sources",
