@@ -29,6 +29,7 @@ import pytest
 from conftest import RunSshipit
 from helpers import REPO, Result, clean_env, cut_connections, one_error, plugin_env, rmtree, start_server
 from sshipit.localserver import KeyPair, LocalServer, default_login_user
+from sshipit.manifest import plain_manifest_key, user_manifest_path
 
 STAGING = ".sshipit-upload."
 
@@ -359,6 +360,8 @@ def test_disk_fills_up_during_the_upload(
     assert first.returncode == 0, first
     before = snapshot(target)
     good = current(target)
+    manifest = server.home / user_manifest_path(plain_manifest_key(str(target)))
+    manifest_before = manifest.read_bytes() if not atomic else b""
 
     site_v2(dist)
     write_random(dist / "big.bin", 3)  # 3 MB of incompressible data into a 2 MB disk
@@ -370,6 +373,9 @@ def test_disk_fills_up_during_the_upload(
     else:
         assert not (target / "dist/big.bin").exists() and not (target / "dist/new").exists()
         assert staging_dirs(target) == []  # a failed extraction removes its staging: the space is free again
+        # The manifest travels in the failed stream: the stored one still describes the files that are there.
+        assert manifest.read_bytes() == manifest_before
+        assert [p.name for p in manifest.parent.iterdir() if p.name.startswith(manifest.name)] == [manifest.name]
 
     (dist / "big.bin").unlink()
     write_random(dist / "fits.bin", 1)

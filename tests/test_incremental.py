@@ -85,12 +85,15 @@ class TestPlain:
         again = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
         assert sent(again) == (0, 8)
         assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
-        # Two commands (the probe, then the manifest and listing); a deploy that sends runs four.
+        # Two commands (the probe, then the manifest and listing); a deploy that sends runs three.
         assert server.log_text()[log_before:].count("Starting session: command") == 2
         as_user(server, f"echo edited > {remote_dir}/site/d1/f1.txt")
         (site / "d2/f2.txt").write_text("changed\n")
+        log_before = len(server.log_text())
         result = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
         assert sent(result) == (2, 6)
+        # The new manifest travels in the upload's own stream and command: no fourth round trip.
+        assert server.log_text()[log_before:].count("Starting session: command") == 3
         assert manifest.stat().st_ino != written.st_ino  # files were sent: a new manifest
         assert tree_digest(remote_dir / "site") == tree_digest(site)
 

@@ -158,7 +158,7 @@ async def read_server(
     # Relative paths are relative to the login's home, where the command starts: pin the manifest's down
     # before changing into the directory.
     script = (
-        f"M={shell_path(manifest_path)}; case $M in /*) ;; *) M=\"$PWD/$M\";; esac; "
+        f"{anchor_manifest(manifest_path)}; "
         f"if ! cd -- {d} 2>/dev/null; then echo absent; exit 0; fi; echo present; "
         f"cat -- \"$M\" 2>/dev/null; printf '{_sep_printf()}'; "
         f"find . {types} -print0; printf '{_sep_printf()}'; "
@@ -254,16 +254,46 @@ def seed_removals(entries: list[Entry], delta: Delta, view: ServerView) -> list[
     return sorted(doomed) + doomed_dirs
 
 
+def anchor_manifest(path: str) -> str:
+    """Shell step that sets $M to the manifest's path, made absolute (relative paths are relative to the login's
+    home, where a command starts, and the commands that use $M change directory first), and $N to the name an
+    incoming manifest waits under until it is stored."""
+    return f'M={shell_path(path)}; case $M in /*) ;; *) M="$PWD/$M";; esac; N="$M.new.$$"'
+
+
+def _date(path: str, backdate: bool) -> str:
+    """Shell step that sets the file's time to now, or (backdate) one second back: on a server whose find has no
+    -cnewer, edits are found by `-newer`, in whole seconds, and an edit made within the second of this deploy must
+    still count as newer. Our own files keep the build's mtimes, so this costs nothing but a rare re-send."""
+    if backdate:
+        return f'{{ {{ t=$(date +%s) && touch -d "@$((t - 1))" -- {path}; }} 2>/dev/null || touch -- {path}; }}'
+    return f"touch -- {path}"
+
+
+def manifest_aside(source: str) -> str:
+    """Shell step that moves a manifest unpacked at `source` to $N (see anchor_manifest), out of the upload's way."""
+    return f'{{ {{ mkdir -p -- "${{M%/*}}" && mv -f -- {source} "$N"; }} 2>/dev/null || rm -f -- {source}; }}'
+
+
+def store_manifest(backdate: bool) -> str:
+    """Shell step that makes $N the manifest $M, dated now.
+
+    Run last, once every file of the upload is in place and every staging link is gone: the time it gets must
+    be later than the status change of each file it lists, since later deploys take any file changed after it
+    for an edit. It cannot fail the upload: a manifest that is not stored costs one full upload later.
+    """
+    date = _date('"$N"', backdate)
+    return f'{{ {{ {date} && mv -f -- "$N" "$M"; }} 2>/dev/null || rm -f -- "$N"; }}'
+
+
 async def write_manifest(
     conn: SSHClientConnection, path: str, manifest: Manifest, timeout: float, gzip: bool = False,
     backdate: bool = False,
 ) -> None:
-    """Store the manifest atomically (write aside, rename). Failing here only costs the next deploy a full upload.
+    """Store the manifest atomically (write aside, rename), when no upload carried it (see store_manifest).
+    Failing here only costs the next deploy a full upload.
 
-    With `gzip` it travels compressed (stored as plain JSON). With `backdate` (a server whose find has no
-    -cnewer, so edits are found by `-newer`: mtimes, in whole seconds there) its time is set one second back, so
-    that an edit made within the second of this deploy still counts as newer. Our own files keep the build's
-    mtimes, so this costs nothing but a rare re-send.
+    With `gzip` it travels compressed (stored as plain JSON); `backdate`: see _date.
     """
     target = shell_path(path)
     parent = shell_path(posixpath.dirname(path) or ".")
@@ -274,5 +304,5 @@ async def write_manifest(
     command = (f"mkdir -p -- {parent} && {'gzip -dc' if gzip else 'cat'} > {target}.tmp.$$ && "
                f"mv -f -- {target}.tmp.$$ {target}")
     if backdate:
-        command += f' && {{ t=$(date +%s) && touch -d "@$((t - 1))" -- {target}; }} 2>/dev/null'
+        command += f" && {_date(target, True)}"
     await capture(conn, command, timeout, stdin=data)

@@ -33,7 +33,7 @@ from sshipit.plan import HostSpec, Plan
 from sshipit.release import CURRENT, FAILED, OK, RELEASES, ROLLED_BACK, SHARED, ReleaseManager
 from sshipit.remote import probe
 from sshipit.report import Console, HostResult, error_line, human_bytes
-from sshipit.upload import Progress, UploadStats, remove_paths, upload_sftp, upload_tar
+from sshipit.upload import ManifestOut, Progress, UploadStats, remove_paths, upload_sftp, upload_tar
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
@@ -195,27 +195,37 @@ async def _upload(
     in_place = releases is None and view is not None and view.exists
     view = None  # its listings of the server are done with: free them before the upload (memory of big builds)
     hashes = delta.hashes
+    pruning = releases is None and plan.prune and bool(delta.stale)
+
+    def manifest_now() -> Manifest:  # complete once the upload has hashed what it sent
+        manifest = Manifest.of(entries, hashes)
+        if releases is None and not plan.prune and old_manifest is not None:
+            manifest.carry(old_manifest, delta.stale)
+        return manifest
+
+    # Stored before any command runs: a command that edits an uploaded file then shows up as changed. It goes
+    # with the upload, unless stale files are pruned after it: until they are gone, the old manifest (which
+    # lists them) must stay, so that a failed prune is retried by the next deploy.
+    backdate = "find-cnewer" not in traits.tools
+    carried = None if pruning else ManifestOut(manifest_path, manifest_now, backdate)
     progress = Progress.of(send)
     if send or plan.rm or plan.delete or not in_place:
         async with console.progress(host, progress):
             stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes,
-                                     progress=progress)
+                                     progress=progress, manifest=carried)
     else:  # nothing to send to a target that is there: not even a command to run
         stats = UploadStats("tar")
     if plan.incremental:
         stats.skipped_files, stats.skipped_bytes = delta.skipped_files, delta.skipped_bytes
-    if releases is None and plan.prune and delta.stale:
+    if pruning:
         await remove_paths(conn, host, dest, delta.stale)
         stats.removed = len(delta.stale)
-    # Written before any command runs: a command that edits an uploaded file then shows up as changed.
-    manifest = Manifest.of(entries, hashes)
-    if releases is None and not plan.prune and old_manifest is not None:
-        manifest.carry(old_manifest, delta.stale)
-    # Unchanged (no file sent, none pruned, same list): the manifest on the server is still exact, and it keeps
-    # its time, which is what tells later deploys which server files were edited since.
-    if not (in_place and stats.files == 0 and manifest == old_manifest):
-        await write_manifest(conn, manifest_path, manifest, plan.connect_timeout, gzip,
-                             backdate="find-cnewer" not in traits.tools)
+    if not stats.manifest_stored:
+        manifest = manifest_now()
+        # Unchanged (no file sent, none pruned, same list): the manifest on the server is still exact, and it
+        # keeps its time, which is what tells later deploys which server files were edited since.
+        if not (in_place and stats.files == 0 and manifest == old_manifest):
+            await write_manifest(conn, manifest_path, manifest, plan.connect_timeout, gzip, backdate=backdate)
     old_manifest = None
     result.upload = stats
     _report_upload(console, host, stats, dest)

@@ -9,6 +9,7 @@ SFTP-only accounts, which uploads over SFTP with many requests in flight. Also o
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
 import secrets
 import tarfile
@@ -17,10 +18,18 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sshipit.errors import DeployError
-from sshipit.manifest import cached_hash, new_digest, remember_hash
+from sshipit.manifest import (
+    Manifest,
+    anchor_manifest,
+    cached_hash,
+    manifest_aside,
+    new_digest,
+    remember_hash,
+    store_manifest,
+)
 from sshipit.remote import ServerTraits, on_this_machine
 from sshipit.rules import quote, shell_path
 from sshipit.sources import Entry
@@ -44,6 +53,21 @@ class UploadStats:
     skipped_files: int = 0  # unchanged, not sent
     skipped_bytes: int = 0
     removed: int = 0  # stale files pruned
+    manifest_stored: bool = False  # the manifest travelled with the stream and is in place (ManifestOut)
+
+
+@dataclass
+class ManifestOut:
+    """The manifest describing this upload, stored by the upload's own command.
+
+    `build` runs when the stream's last file has been read (their hashes are computed on the way); the manifest
+    then travels as the archive's last member and is moved to `path` once every file is in place: no round
+    trip of its own, and never a manifest for an upload that failed.
+    """
+
+    path: str
+    build: Callable[[], Manifest]
+    backdate: bool = False  # see manifest.store_manifest
 
 
 @dataclass
@@ -76,7 +100,10 @@ def clear_commands(rm: bool, delete: list[str], keep: str = "") -> list[str]:
     return commands
 
 
-def staged_extract(unpack: str, rm: bool, delete: list[str], nonce: str) -> list[str]:
+def staged_extract(
+    unpack: str, rm: bool, delete: list[str], nonce: str, unpacked: tuple[str, ...] = (), done: tuple[str, ...] = (),
+    undo: str = "",
+) -> list[str]:
     """Extract into a hidden staging directory, then move everything into place and drop the staging.
 
     Until the whole stream has arrived and unpacked, the target is untouched: a cut connection or a full disk
@@ -85,11 +112,13 @@ def staged_extract(unpack: str, rm: bool, delete: list[str], nonce: str) -> list
     have yet is renamed in whole (one step, however many files are below it: a first deploy costs no more than
     plain tar); one it has is merged by hard-linking each file over the old one, so every file is replaced by
     a complete copy, never rewritten in place. The staging name is unique, so two deploys at once do not
-    collide; stale ones (older than an hour) are cleaned up.
+    collide; stale ones (older than an hour) are cleaned up. `unpacked` runs in the target right after the
+    extraction (to take the manifest out of the staging), `done` once the staging is gone, and `undo` when a
+    step fails.
     """
     staging = STAGING + nonce
     # A failed step removes the staging at once: after a full disk, the next deploy needs that space back.
-    or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; exit $rc; }}"
+    or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; {undo + '; ' if undo else ''}exit $rc; }}"
     place = (
         f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do "
         '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; '
@@ -101,9 +130,11 @@ def staged_extract(unpack: str, rm: bool, delete: list[str], nonce: str) -> list
         f"{{ find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null || true; }}",
         f"mkdir -- {staging}",
         f"{{ ( cd -- {staging} && {unpack} ) {or_drop}; }}",
+        *unpacked,
         *clear_commands(rm, delete, keep=staging),
         f"{{ {place}; }}",
         f"rm -rf -- {staging}",
+        *done,
     ]
 
 
@@ -150,12 +181,14 @@ def _tarfile_header(entry: Entry) -> bytes:
 
 
 def tar_stream(
-    entries: list[Entry], hashes: dict[str, str] | None = None, progress: Progress | None = None
+    entries: list[Entry], hashes: dict[str, str] | None = None, progress: Progress | None = None,
+    trailer: tuple[str, Callable[[], bytes]] | None = None,
 ) -> Iterator[bytes]:
     """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error.
 
     With `hashes`, each file's content hash is computed on the way (it is read anyway) for the next manifest; with
-    `progress`, the file content read so far is counted.
+    `progress`, the file content read so far is counted. `trailer` (name, content) is one more file, last, whose
+    content is made once every entry has been read (the manifest, which holds their hashes).
     """
     pending = bytearray()
     for entry in entries:
@@ -164,9 +197,11 @@ def tar_stream(
             remaining = entry.size
             known = cached_hash(entry.local) if hashes is not None else None  # another host's stream did it
             digest = new_digest() if hashes is not None and known is None else None
-            with open(entry.local, "rb") as handle:
+            # os.open/os.read, not open(): no buffered file object per file (half the cost for small files).
+            fd = os.open(entry.local, os.O_RDONLY)
+            try:
                 while remaining:
-                    piece = handle.read(min(CHUNK, remaining))
+                    piece = os.read(fd, min(CHUNK, remaining))
                     if not piece:
                         raise DeployError(f"{entry.local} shrank while it was being uploaded", setting="sources",
                                           hint="do not change build output during the deploy", phase="upload")
@@ -182,6 +217,8 @@ def tar_stream(
                     if len(pending) >= CHUNK:
                         yield bytes(pending)
                         pending.clear()
+            finally:
+                os.close(fd)
             pending += b"\0" * (-entry.size % _BLOCK)
             if digest is not None:
                 known = remember_hash(entry.local, digest.hexdigest())
@@ -192,6 +229,16 @@ def tar_stream(
         if len(pending) >= CHUNK:
             yield bytes(pending)
             pending.clear()
+    if trailer is not None:
+        name, make = trailer
+        data = make()
+        pending += tar_header(Entry("", name, "file", 0o600, int(time.time()), len(data)))
+        yield bytes(pending)
+        pending.clear()
+        for start in range(0, len(data), CHUNK):  # in slices: a big build's manifest is megabytes
+            yield data[start:start + CHUNK]
+        pending += b"\0" * (-len(data) % _BLOCK)
+        del data
     pending += b"\0" * (2 * _BLOCK)
     yield bytes(pending)
 
@@ -223,7 +270,10 @@ def _has_zstandard() -> bool:
     return importlib.util.find_spec("zstandard") is not None
 
 
-ZSTD_LEVELS = (1, 3, 6, 9)  # 9: ~15 MB of compressor memory; 12 would take ~45 MB, past our memory budget
+ZSTD_LEVELS = (1, 3, 6, 9)
+# Match tables of at most 2^20 entries: level 9's own (2^21) take 11 MB of compressor memory for 2% smaller text
+# (measured on the benchmark's 98 MB of text: 14.75 MB against 15.24 MB at 2^20, with 5.8 MB of memory).
+_TABLES_LOG = 20
 _DECIDE_EVERY = 1.0  # seconds between two looks at the link
 
 
@@ -253,7 +303,7 @@ class _AdaptiveZstd:
         self.levels = levels
         self._index = 0
         self.levels.append(ZSTD_LEVELS[0])
-        self._frame = zstandard.ZstdCompressor(level=ZSTD_LEVELS[0]).compressobj()
+        self._frame = self._compressor(ZSTD_LEVELS[0])
         self._since, self._waited_before = time.monotonic(), 0.0
 
     def compress(self, data: bytes) -> bytes:
@@ -268,11 +318,18 @@ class _AdaptiveZstd:
                 out += self._frame.flush()  # ends this frame
                 self._index = index
                 self.levels.append(ZSTD_LEVELS[index])
-                self._frame = self._zstd.ZstdCompressor(level=ZSTD_LEVELS[index]).compressobj()
+                self._frame = self._compressor(ZSTD_LEVELS[index])
         return out
 
     def flush(self) -> bytes:
         return self._frame.flush()
+
+    def _compressor(self, level: int) -> Any:
+        params = self._zstd.ZstdCompressionParameters.from_level(level)
+        if params.chain_log > _TABLES_LOG or params.hash_log > _TABLES_LOG:
+            params = self._zstd.ZstdCompressionParameters.from_level(
+                level, chain_log=min(params.chain_log, _TABLES_LOG), hash_log=min(params.hash_log, _TABLES_LOG))
+        return self._zstd.ZstdCompressor(compression_params=params).compressobj()
 
 
 def _compressor(kind: str, waited: Callable[[], float], levels: list[int]) -> _Compressor | None:
@@ -288,11 +345,21 @@ _DONE = object()
 
 async def stream(
     entries: list[Entry], hashes: dict[str, str] | None, compression: str, progress: Progress | None = None,
-    levels: list[int] | None = None,
+    levels: list[int] | None = None, trailer: tuple[str, Callable[[], bytes]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The tar stream, produced in a worker thread (file reads, hashing, framing and compression release the GIL)
-    while the event loop encrypts and sends; at most a few chunks are in flight, so memory stays bounded.
-    `levels` receives the zstd levels used, in order."""
+    """The tar stream. Compressed, it is produced in a worker thread (compression releases the GIL, and it is
+    most of the work) while the event loop encrypts and sends; at most a few chunks are in flight, so memory
+    stays bounded. `levels` receives the zstd levels used, in order.
+
+    Uncompressed, the event loop makes each chunk itself between sends. Measured on loopback (20,000 files,
+    468 MB, into `tar -x`): 1.3-1.7 s and 1.1-1.3 s of CPU this way, 1.6-1.8 s and 1.3-1.6 s of CPU with the
+    worker thread, whose framing and the loop's packet handling took turns at the GIL.
+    """
+    if compression == "none":
+        for chunk in tar_stream(entries, hashes, progress, trailer):
+            yield chunk
+            await asyncio.sleep(0)  # the loop sends this chunk before the next one is made
+        return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     slots = threading.Semaphore(8)
@@ -314,7 +381,7 @@ async def stream(
     def work() -> None:
         try:
             compressor = _compressor(compression, lambda: waited, levels if levels is not None else [])
-            for chunk in tar_stream(entries, hashes, progress):
+            for chunk in tar_stream(entries, hashes, progress, trailer):
                 if compressor is not None:
                     chunk = compressor.compress(chunk)
                 if chunk and not put(chunk):
@@ -363,21 +430,37 @@ def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) 
 async def upload_tar(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry], dest: str,
     clear: bool = True, hashes: dict[str, str] | None = None, progress: Progress | None = None,
+    manifest: ManifestOut | None = None,
 ) -> UploadStats:
-    """Stream `entries` into `dest` (created if missing); with `clear`, apply rm/delete there first."""
+    """Stream `entries` into `dest` (created if missing); with `clear`, apply rm/delete there first. With
+    `manifest` (and something to send), the manifest goes along and is stored (stats.manifest_stored)."""
     import asyncssh
 
     target = shell_path(dest)
     local = not plan.jumps and on_this_machine(conn)  # through a jump host, the first hop is the real link
     compression = choose_compression(plan.compress, traits, local) if entries else "none"
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
+    nonce = secrets.token_hex(6)
     steps = [f"mkdir -p -- {target}", f"cd -- {target}"]
+    trailer = None
+    if manifest is not None and entries:
+        member = f".sshipit-manifest.{nonce}"  # random: no source file can have the name
+        built = manifest.build
+        trailer = (member, lambda: built().dumps().encode())
+        steps.insert(0, anchor_manifest(manifest.path))
     if not entries:
         steps += clear_commands(plan.rm, plan.delete) if clear else []
     elif clear:
-        steps += staged_extract(unpack, plan.rm, plan.delete, secrets.token_hex(6))
+        if trailer is not None and manifest is not None:
+            steps += staged_extract(unpack, plan.rm, plan.delete, nonce,
+                                    unpacked=(manifest_aside(f"{STAGING}{nonce}/{trailer[0]}"),),
+                                    done=(store_manifest(manifest.backdate),), undo='rm -f -- "$N"')
+        else:
+            steps += staged_extract(unpack, plan.rm, plan.delete, nonce)
     else:
         steps.append(unpack)  # a fresh release directory: nothing is live there yet
+        if trailer is not None and manifest is not None:
+            steps += [manifest_aside(trailer[0]), store_manifest(manifest.backdate)]
     command = " && ".join(steps)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -388,7 +471,7 @@ async def upload_tar(
     broken: BaseException | None = None
     try:
         if entries:
-            async for chunk in stream(entries, hashes, compression, progress, levels):
+            async for chunk in stream(entries, hashes, compression, progress, levels, trailer):
                 process.stdin.write(chunk)
                 stats.wire_bytes += len(chunk)
                 await process.stdin.drain()
@@ -409,6 +492,7 @@ async def upload_tar(
         raise explain_remote_failure(host, dest, stderr, "upload (remote tar)")
     if len(levels) > 1:  # the link made zstd change its level: say how far it went
         stats.method += f" (levels {'→'.join(str(level) for level in levels)})"
+    stats.manifest_stored = trailer is not None
     stats.files = sum(1 for e in entries if e.kind == "file")
     stats.bytes = sum(e.size for e in entries)
     stats.seconds = loop.time() - started
