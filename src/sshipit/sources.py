@@ -146,8 +146,8 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0) -> C
                 raise SettingsError(f"source pattern {source!r} matched nothing in {workspace}",
                                     setting="sources", hint="check the pattern and that the build produced it")
             for match in matches:
-                rel = os.path.normpath(match)
-                add(rel, os.path.join(root, rel), strip(rel))
+                found_rel = os.path.normpath(match)
+                add(found_rel, os.path.join(root, found_rel), strip(found_rel))
         else:
             if not os.path.lexists(workspace / rel if rel else workspace):
                 raise SettingsError(f"source {source!r} does not exist in {workspace}", setting="sources",

@@ -67,7 +67,7 @@ class ManifestOut:
 
     path: str
     build: Callable[[], Manifest]
-    backdate: bool = False  # see manifest.store_manifest
+    backdate: bool = False  # dated a second back: for servers whose find has no -cnewer (manifest._date)
 
 
 @dataclass
@@ -332,12 +332,11 @@ class _AdaptiveZstd:
         return self._zstd.ZstdCompressor(compression_params=params).compressobj()
 
 
-def _compressor(kind: str, waited: Callable[[], float], levels: list[int]) -> _Compressor | None:
+def _compressor(kind: str, waited: Callable[[], float], levels: list[int]) -> _Compressor:
+    """zstd (adaptive) or gzip: an uncompressed stream never reaches the worker thread (see stream)."""
     if kind == "zstd":
         return _AdaptiveZstd(waited, levels)
-    if kind == "gzip":
-        return zlib.compressobj(1, zlib.DEFLATED, 31)
-    return None
+    return zlib.compressobj(1, zlib.DEFLATED, 31)
 
 
 _DONE = object()
@@ -382,12 +381,10 @@ async def stream(
         try:
             compressor = _compressor(compression, lambda: waited, levels if levels is not None else [])
             for chunk in tar_stream(entries, hashes, progress, trailer):
-                if compressor is not None:
-                    chunk = compressor.compress(chunk)
-                if chunk and not put(chunk):
+                packed = compressor.compress(chunk)
+                if packed and not put(packed):
                     return
-            if compressor is not None:
-                put(compressor.flush())
+            put(compressor.flush())
             put(_DONE)
         except BaseException as exc:  # handed to the loop, which raises it where the upload can explain it
             put(exc)
@@ -442,25 +439,26 @@ async def upload_tar(
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
     nonce = secrets.token_hex(6)
     steps = [f"mkdir -p -- {target}", f"cd -- {target}"]
+    # The manifest, when it goes along: the stream's last member, moved aside once unpacked, stored at the end.
     trailer = None
+    member = ""
+    stored: tuple[str, ...] = ()
     if manifest is not None and entries:
         member = f".sshipit-manifest.{nonce}"  # random: no source file can have the name
         built = manifest.build
         trailer = (member, lambda: built().dumps().encode())
         steps.insert(0, anchor_manifest(manifest.path))
+        stored = (store_manifest(manifest.backdate),)
     if not entries:
         steps += clear_commands(plan.rm, plan.delete) if clear else []
     elif clear:
-        if trailer is not None and manifest is not None:
-            steps += staged_extract(unpack, plan.rm, plan.delete, nonce,
-                                    unpacked=(manifest_aside(f"{STAGING}{nonce}/{trailer[0]}"),),
-                                    done=(store_manifest(manifest.backdate),), undo='rm -f -- "$N"')
-        else:
-            steps += staged_extract(unpack, plan.rm, plan.delete, nonce)
+        aside = (manifest_aside(f"{STAGING}{nonce}/{member}"),) if member else ()
+        steps += staged_extract(unpack, plan.rm, plan.delete, nonce, unpacked=aside, done=stored,
+                                undo='rm -f -- "$N"' if member else "")
     else:
         steps.append(unpack)  # a fresh release directory: nothing is live there yet
-        if trailer is not None and manifest is not None:
-            steps += [manifest_aside(trailer[0]), store_manifest(manifest.backdate)]
+        if member:
+            steps += [manifest_aside(member), *stored]
     command = " && ".join(steps)
     loop = asyncio.get_running_loop()
     started = loop.time()
