@@ -8,6 +8,7 @@ clear line with a non-zero exit, never a traceback (unless `debug`).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         debug_raw = raw.known.get("debug")
         debug = bool(debug_raw and (debug_raw.text or "").strip().lower() in ("true", "yes", "on", "1", "y"))
         plan = build(raw, environ, Path.cwd())
+        gc.freeze()  # the plan (an entry per source file) lives to the end: later collections need not visit it
         console.masker = plan.masker
         for warning in plan.warnings:
             console.warn(warning)

@@ -30,7 +30,7 @@ from sshipit.settings import (
     parse_list,
     suggest,
 )
-from sshipit.sources import Collected, collect
+from sshipit.sources import Collected, Listing, collect
 
 if TYPE_CHECKING:
     from asyncssh import SSHKey
@@ -292,6 +292,15 @@ def _setting(name: str) -> Setting:
 def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
     """Check every setting and decide the whole deploy. Raises SettingsError with one clear line."""
     values = _Values(raw)
+    # The source directories are listed by another process while the settings are checked (sources.Listing).
+    listing = Listing.start(workspace, values.items("sources"))
+    try:
+        return _build(values, raw, environ, workspace, listing)
+    finally:
+        listing.close()
+
+
+def _build(values: _Values, raw: RawSettings, environ: dict[str, str], workspace: Path, listing: Listing) -> Plan:
     warnings = list(raw.warnings)
     masker = Masker()
     for name in ("password", "key", "passphrase"):
@@ -346,7 +355,7 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         if target is None:
             raise SettingsError("sources are set but target is not", setting="target",
                                 hint="set target to the remote directory to upload into")
-        upload = collect(workspace, sources, strip)
+        upload = collect(workspace, sources, strip, listing)
         warnings += upload.warnings
     rm = values.flag("rm")
     delete = [clean_relative(path, "delete") for path in values.items("delete")]
