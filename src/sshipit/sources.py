@@ -103,7 +103,7 @@ class Listing:
             try:
                 local = os.path.join(str(workspace), _relative_source(source, workspace))
                 if os.path.isdir(local) and not os.path.islink(local):
-                    listing._spawn(local.rstrip("/") or "/", prune)
+                    listing._spawn(local, prune)
             except (SettingsError, OSError):
                 continue  # collect() reports it
         return listing
@@ -112,6 +112,7 @@ class Listing:
         import subprocess
         import tempfile
 
+        local = _directory(local)
         if local in self._running:
             return
         fd, path = tempfile.mkstemp(prefix="sshipit-list-")
@@ -134,7 +135,7 @@ class Listing:
 
     def records(self, local: str) -> list[_Record] | None:
         """find's entries for `local`, in the Python walk's order; None when find gave no complete answer."""
-        started = self._running.pop(local, None)
+        started = self._running.pop(_directory(local), None)
         if started is None:
             return None
         process, reader = started
@@ -154,6 +155,16 @@ class Listing:
             process.kill()
             process.wait()
             os.close(reader)
+
+
+def _joined(parent: str, child: str) -> str:
+    """Two relative paths as one ("" is the directory itself)."""
+    return f"{parent}/{child}" if parent and child else child or parent
+
+
+def _directory(local: str) -> str:
+    """A local directory as Listing keys it: without a trailing "/"."""
+    return local.rstrip("/") or "/"
 
 
 def _find_prune(excludes: list[str]) -> list[str]:
@@ -213,7 +224,7 @@ def _walk(local: str, shown: str, excluded: Callable[[str, bool], bool]) -> list
     records: list[_Record] = []
 
     def named(rel: str) -> str:
-        return (f"{shown}/{rel}" if shown else rel) if rel else shown or "."
+        return _joined(shown, rel) or "."
 
     def visit(rel: str, path: str, info: os.stat_result) -> None:
         mode = info.st_mode
@@ -235,7 +246,7 @@ def _walk(local: str, shown: str, excluded: Callable[[str, bool], bool]) -> list
         except OSError as exc:
             raise SettingsError(f"cannot list source {named(rel)}: {exc.strerror}", setting="sources") from None
         for name, child_path, child_info in children:
-            child_rel = sys.intern(f"{rel}/{name}" if rel else name)
+            child_rel = sys.intern(_joined(rel, name))
             if not excluded(child_rel, stat.S_ISDIR(child_info.st_mode)):
                 visit(child_rel, child_path, child_info)
 
@@ -276,9 +287,9 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
         local = os.path.join(root, rel) if rel else root
         if rel and excluded(rel, os.path.isdir(local) and not os.path.islink(local)):
             return
-        records = listing.records(local.rstrip("/") or "/") if listing is not None else None
+        records = listing.records(local) if listing is not None else None
         if records is None:
-            records = _walk(local, rel, lambda child, is_dir: excluded(f"{rel}/{child}" if rel else child, is_dir))
+            records = _walk(local, rel, lambda child, is_dir: excluded(_joined(rel, child), is_dir))
         elif spec is not None:
             records = _unexcluded(records, rel, excluded)
         # A name is the source's own (stripped) name plus the path below it, unless strip_components removes
@@ -286,10 +297,7 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
         depth = rel.count("/") + 1 if rel else 0
         base = strip(rel)
         for below, kind, mode, mtime, size, link in records:
-            if strip_components > depth:
-                name = strip(f"{rel}/{below}" if rel and below else below or rel)
-            else:
-                name = f"{base}/{below}" if base and below else below or base
+            name = strip(_joined(rel, below)) if strip_components > depth else _joined(base, below)
             if not name:
                 continue
             entry_local = f"{local}/{below}" if below else local
@@ -300,16 +308,15 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
             elif kind == "symlink":
                 entry = Entry(entry_local, name, kind, 0o777, mtime, link=link)
             else:
-                shown = f"{rel}/{below}" if rel and below else below or rel
-                warnings.append(f"source {shown} is not a file, directory or symlink; skipped")
+                warnings.append(f"source {_joined(rel, below)} is not a file, directory or symlink; skipped")
                 continue
             previous = found.get(name)
             if previous is None:
                 found[name] = entry
             elif previous.local != entry_local and not (previous.kind == entry.kind == "dir"):
-                shown = f"{rel}/{below}" if rel and below else below or rel
                 raise SettingsError(
-                    f"sources {os.path.relpath(previous.local, root)} and {shown} would both land at {name}",
+                    f"sources {os.path.relpath(previous.local, root)} and {_joined(rel, below)} would both land at "
+                    f"{name}",
                     setting="strip_components" if strip_components else "sources",
                     hint="lower strip_components or exclude one of them",
                 )
@@ -355,7 +362,7 @@ def _unexcluded(records: list[_Record], rel: str, excluded: Callable[[str, bool]
         if skipped and below.startswith(skipped):
             continue
         skipped = ""
-        if below and excluded(f"{rel}/{below}" if rel else below, record[1] == "dir"):
+        if below and excluded(_joined(rel, below), record[1] == "dir"):
             if record[1] == "dir":
                 skipped = below + "/"
             continue
