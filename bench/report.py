@@ -10,6 +10,7 @@ from pathlib import Path
 BASELINES = (("tar", "OpenSSH tar"), ("rsync", "rsync -a"))
 LINK_TITLES = {"loopback": "loopback (127.0.0.1)", "50mbit": "50 Mbit/s link (veth + tbf, both directions)"}
 README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+EVERYDAY_BEGIN, EVERYDAY_END = "<!-- bench-everyday:begin -->", "<!-- bench-everyday:end -->"
 
 
 def medians(runs: list[dict]) -> dict[str, dict[str, dict[str, dict]]]:
@@ -97,6 +98,12 @@ def _many_hosts(scenario: str) -> bool:
     return scenario.startswith("fanout-") and scenario != "fanout-1"
 
 
+EVERYDAY_REDEPLOYS = (("nochange-kept", "no-change redeploy, mtimes kept"),
+                      ("nochange-new", "no-change redeploy, new mtimes"),
+                      ("changed-kept", "1%-changed redeploy, mtimes kept"),
+                      ("changed-new", "1%-changed redeploy, new mtimes"))
+
+
 def targets(results: dict) -> list[tuple[str, str, str, str]]:
     """(target, measured, goal, PASS/MISS/n/a) for each of the issue's targets."""
     out: list[tuple[str, str, str, str]] = []
@@ -111,6 +118,13 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
         out.append((name, f"{r:.2f}× {base_name}", f"{'≥' if higher_is_better else '≤'} {goal}×",
                     "PASS" if ok else "MISS"))
 
+    if results["meta"]["workload"]["name"] == "everyday":  # run.py --everyday: the issue's everyday goals
+        ratio_row("everyday build, fresh deploy: time", _get(results, "loopback", "fresh", "sshipit"),
+                  _get(results, "loopback", "fresh", "tar"), 1.0, "OpenSSH tar")
+        for scenario, title in EVERYDAY_REDEPLOYS:
+            ratio_row(f"everyday build, {title}: time", _get(results, "loopback", scenario, "sshipit"),
+                      _get(results, "loopback", scenario, "rsync"), 1.0, "rsync -a")
+        return out
     ratio_row("fresh deploy, loopback: time", _get(results, "loopback", "fresh", "sshipit"),
               _get(results, "loopback", "fresh", "tar"), 1.1, "OpenSSH tar")
     for scenario, title in (("nochange", "no-change redeploy"), ("changed", "1%-changed redeploy")):
@@ -160,7 +174,8 @@ def body(results: dict) -> str:
         f"Run {meta['date']} on {meta['machine']} ({meta['ssh']}; {meta['rsync']}); sshipit at "
         f"{meta['git']['commit']}{' + uncommitted changes' if meta['git']['src_dirty'] == 'yes' else ''}. "
         f"Workload `{wl['name']}`: {wl['files']} files, {wl['bytes'] / 1e6:.0f} MB ({wl['changed']} changed in the "
-        f"1% variant), large file {wl['large_bytes'] / 1e6:.0f} MB; redeploys with {meta['mtimes']} mtimes; "
+        f"1% variant), large file {wl['large_bytes'] / 1e6:.0f} MB; redeploys with "
+        f"{'kept or new (as the scenario says)' if wl['name'] == 'everyday' else meta['mtimes']} mtimes; "
         f"targets on {meta.get('targets', 'disk')}. "
         f"Medians of {meta['runs']} run(s) per tool"
         + (f" ({meta['slow_runs']} on the 50 Mbit/s link)" if "50mbit" in meta["links"] else "")
@@ -228,15 +243,18 @@ def chart(results: dict, path: Path) -> None:
 
 
 def publish(results: dict, png: Path, repo: Path) -> None:
-    """Copy the chart to docs/bench.png and put the tables between the README's bench markers."""
+    """Copy the chart to docs/bench.png and put the tables between the README's bench markers (an everyday run:
+    docs/bench-everyday.png and the bench-everyday markers)."""
+    everyday = results["meta"]["workload"]["name"] == "everyday"
+    begin, end_marker = (EVERYDAY_BEGIN, EVERYDAY_END) if everyday else (README_BEGIN, README_END)
     (repo / "docs").mkdir(exist_ok=True)
-    shutil.copyfile(png, repo / "docs" / "bench.png")
+    shutil.copyfile(png, repo / "docs" / ("bench-everyday.png" if everyday else "bench.png"))
     readme = repo / "README.md"
     text = readme.read_text()
-    start, end = text.find(README_BEGIN), text.find(README_END)
+    start, end = text.find(begin), text.find(end_marker)
     if start < 0 or end < start:
-        print(f"bench: README.md has no {README_BEGIN} ... {README_END} markers; table not published")
+        print(f"bench: README.md has no {begin} ... {end_marker} markers; table not published")
         return
-    text = text[: start + len(README_BEGIN)] + "\n" + body(results) + text[end:]
+    text = text[: start + len(begin)] + "\n" + body(results) + text[end:]
     readme.write_text(text)
     print("bench: published docs/bench.png and the README's Benchmark tables")

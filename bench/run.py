@@ -3,6 +3,8 @@
 
     python3 bench/run.py            # full workload, 3 runs each (as root: also 1 on a 50 Mbit/s link)
     python3 bench/run.py --quick    # tiny workload, 1 run: a smoke test (well under a minute)
+    python3 bench/run.py --wan      # round trips through a 0/100 ms relay, alone (a few minutes; wan.py)
+    python3 bench/run.py --everyday # 5,000 small files + one 100 MB file on loopback, alone (a few minutes)
 
 Writes bench/results/latest.md (also printed), latest.json (every run's raw numbers) and latest.png.
 See the README's Benchmark section for what is measured and how.
@@ -76,12 +78,14 @@ class Bench:
 
     def setup(self) -> None:
         args = self.args
-        spec = workload.Spec.quick() if args.quick else workload.Spec.full()
+        spec = workload.Spec.quick() if args.quick else workload.Spec.everyday() if args.everyday \
+            else workload.Spec.full()
         self.workload = workload.ensure(Path(args.cache), spec, log)
         self.key = generate_key(self.scratch, "ed25519", name="bench_key")
         src = self.scratch / "src"
-        shutil.copytree(REPO / "src" / "sshipit", src / "sshipit",
+        shutil.copytree(sshipit_src(args), src / "sshipit",
                         ignore=shutil.ignore_patterns("__pycache__"))  # one version for the whole run
+        compile_all(src)
         home = self.scratch / "client-home"
         home.mkdir()
         self.ctx = Context(key=self.key.private_path, scratch=self.scratch, sshipit_src=src, home=home)
@@ -141,7 +145,7 @@ class Bench:
         return [t for t in chosen if link in t.links and (scenario.tools is None or t.key in scenario.tools)]
 
     def run_all(self) -> None:
-        chosen = [s for s in scenarios(self.args.quick) if not self.args.scenarios or
+        chosen = [s for s in scenarios(self.args.quick, self.args.everyday) if not self.args.scenarios or
                   s.key in self.args.scenarios or s.key.split("-")[0] in self.args.scenarios]
         for link in self.links:
             for scenario in chosen:
@@ -235,7 +239,8 @@ class Bench:
         else:
             previous = self.workload.variant(scenario.previous)
             now = time.time()
-            if self.args.keep_mtimes:
+            keep = self.args.keep_mtimes if scenario.mtimes is None else scenario.mtimes == "kept"
+            if keep:
                 workload.set_mtimes(previous / "app", workload.FIXED_MTIME)
             else:
                 workload.set_mtimes(previous / "app", now - 3600)
@@ -249,7 +254,7 @@ class Bench:
                 for ep in eps:
                     self.copy(previous, ep, target)
             current = self.workload.variant(scenario.variant) / "app"
-            if self.args.keep_mtimes:  # an editor's save: only the changed files get a new mtime
+            if keep:  # an editor's save: only the changed files get a new mtime
                 for name in self.workload.changed:
                     if (current / name).exists() and scenario.variant != scenario.previous:
                         os.utime(current / name, (now, now))
@@ -331,8 +336,9 @@ def results_of(bench: Bench, started: float) -> dict:
     }
     return {"meta": meta,
             "tools": {t.key: {"label": t.label, "command": t.note, "links": list(t.links)} for t in TOOLS},
-            "scenarios": {s.key: s.title for s in scenarios(args.quick)},
-            "scenarios_short": {s.key: s.short for s in scenarios(args.quick)}, "runs": list(bench.runs)}
+            "scenarios": {s.key: s.title for s in scenarios(args.quick, args.everyday)},
+            "scenarios_short": {s.key: s.short for s in scenarios(args.quick, args.everyday)},
+            "runs": list(bench.runs)}
 
 
 def git_state() -> dict[str, str]:
@@ -365,12 +371,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", default="/var/tmp/sshipit-bench", help="where the workload is generated once")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where latest.{md,json,png} go")
     parser.add_argument("--timeout", type=float, help="seconds one run may take (default 1200; --quick 120)")
+    parser.add_argument("--wan", action="store_true", help="run the WAN round-trip scenarios alone (through a "
+                        "delaying relay at 0 and 100 ms round trip; see bench/wan.py): a few minutes")
+    parser.add_argument("--wan-scenarios", nargs="+", help="with --wan: only these (cmd nochange nochange-cmd "
+                        "changed-cmd fresh-cmd atomic fanout-1 fanout-20)")
+    parser.add_argument("--everyday", action="store_true", help="run the everyday workload alone (5,000 small "
+                        "files + one 100 MB file) on loopback: fresh, and redeploys with kept and with new mtimes")
+    parser.add_argument("--sshipit-src", help="measure the sshipit package under this src directory instead of "
+                        "this checkout's (e.g. a copy of an earlier version, for before/after figures)")
     parser.add_argument("--report-only", metavar="JSON", nargs="+", help="run nothing: rewrite the table and "
                         "chart from results JSON files (latest.json, or partial.json after a crash; several are "
                         "merged, e.g. runs of --links loopback and --links 50mbit)")
     parser.add_argument("--publish", action="store_true", help="also copy the chart to docs/bench.png and the "
                         "table into README.md's Benchmark section (between its bench markers)")
     args = parser.parse_args(argv)
+    if args.everyday:
+        args.loopback_only = True
+        args.tools = args.tools or ["sshipit", "tar", "rsync"]
     args.runs = args.runs or (1 if args.quick else 3)
     args.slow_runs = args.slow_runs or 1
     args.timeout = args.timeout or (120 if args.quick else 1200)
@@ -388,6 +405,48 @@ def write_reports(results: dict, out: Path, publish: bool) -> None:
     log(f"bench: wrote {out / 'latest.md'}, {out / 'latest.json'}, {out / 'latest.png'}")
     if publish:
         report.publish(results, out / "latest.png", REPO)
+
+
+def sshipit_src(args: argparse.Namespace) -> Path:
+    """The sshipit package a run measures: this checkout's, or the one under --sshipit-src."""
+    return Path(args.sshipit_src) / "sshipit" if args.sshipit_src else REPO / "src" / "sshipit"
+
+
+def compile_all(src: Path) -> None:
+    """Byte-compile the copied package now: else the first timed run compiles it (~0.3 s more than the rest)."""
+    import compileall
+
+    compileall.compile_dir(str(src), quiet=1)
+
+
+def run_wan(args: argparse.Namespace) -> int:
+    """The WAN scenarios alone (wan.py): one loopback server (more for the fan-out), no workload to generate."""
+    import wan
+
+    scratch = Path(tempfile.mkdtemp(prefix="sshipit-bench-wan-"))
+    scratch.chmod(0o711)  # the servers' login users read authorized_keys in here
+    started: list = []
+    try:
+        key = generate_key(scratch, "ed25519", name="bench_key")
+        src = scratch / "src"
+        shutil.copytree(sshipit_src(args), src / "sshipit", ignore=shutil.ignore_patterns("__pycache__"))
+        compile_all(src)
+        home = scratch / "client-home"
+        home.mkdir()
+        ctx = Context(key=key.private_path, scratch=scratch, sshipit_src=src, home=home)
+        started = servers.loopback_servers(scratch, key.public_text, [None])
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git": git_state(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+                "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip()}
+        return wan.main(args, scratch, ctx, started[0][1], key.public_text, meta)
+    except KeyboardInterrupt:
+        log("bench: interrupted")
+        return 130
+    finally:
+        for server, _ep in started:
+            with contextlib.suppress(Exception):
+                server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: another bench/run.py is running (lock {LOCK}); its servers and counters would clash",
               file=sys.stderr)
         return 2
+    if args.wan:
+        return run_wan(args)
     bench = Bench(args)
     started = time.time()
     try:

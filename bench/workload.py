@@ -35,7 +35,8 @@ MB = 1_000_000
 
 @dataclass(frozen=True)
 class Spec:
-    """What to generate. `full()` is the benchmark's workload, `quick()` a tiny one for smoke tests."""
+    """What to generate. `full()` is the benchmark's workload, `quick()` a tiny one for smoke tests,
+    `everyday()` the size most builds are."""
 
     name: str
     seed: int
@@ -59,6 +60,18 @@ class Spec:
                 ("static/fonts/icons-and-fonts.bundle", 45 * MB, 0.10),
             ),
             large_bytes=400 * MB,
+        )
+
+    @staticmethod
+    def everyday() -> Spec:
+        """The everyday build: 5,000 small files and one 100 MB file (run.py --everyday)."""
+        return Spec(
+            name="everyday",
+            seed=20240905,
+            text_files=5_000,
+            text_bytes=20 * MB,
+            assets=(("static/media/app-bundle.bin", 100 * MB, 0.0),),
+            large_bytes=1 * MB,
         )
 
     @staticmethod

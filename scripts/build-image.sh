@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Build the plugin image (default tag sshipit:dev) from the repository's unchanged Dockerfile, on a
 # machine where no container registry is reachable and the package index needs the host's CA bundle.
+# Both final targets of the one build are tagged: TAG is the Drone / Woodpecker image (target `plugin`,
+# uid 1000) and TAG-github the GitHub Actions one (target `github`, root, as GitHub requires); they share
+# every layer (README.md, "The plugin image").
 #
-#   scripts/build-image.sh [TAG]
+#   scripts/build-image.sh [TAG]          # TAG sshipit:dev -> also sshipit:dev-github (sshipit -> sshipit:github)
 #
 # How: the host resolves and downloads every wheel the build needs (pip download, with the host's pip
 # config and certificates) into a wheelhouse, serves it on 127.0.0.1 for the duration of the build, and
@@ -14,12 +17,16 @@
 # of scripts/docker-engine.sh.
 # Environment: SSHIPIT_BUILDER=buildkit (default, Debian's /usr/bin/docker) or legacy (DOCKER_BUILDKIT=0);
 # SSHIPIT_WHEELHOUSE (default /var/lib/sshipit-ci/wheelhouse); SSHIPIT_REFRESH_WHEELS=1 to re-resolve online.
-# Progress goes to stderr; the last stdout line is `IMAGE <tag> <size in bytes>`.
+# Progress goes to stderr; stdout ends with `IMAGE <github tag> <size>` then `IMAGE <tag> <size in bytes>`.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 TAG=${1:-sshipit:dev}
+case "${TAG##*/}" in
+    *:*) GITHUB_TAG="$TAG-github" ;;
+    *) GITHUB_TAG="$TAG:github" ;;
+esac
 WHEELHOUSE=${SSHIPIT_WHEELHOUSE:-/var/lib/sshipit-ci/wheelhouse}
 DOCKER=/usr/bin/docker
 [ -x "$DOCKER" ] || DOCKER=docker
@@ -86,15 +93,38 @@ case "${SSHIPIT_BUILDER:-buildkit}" in
     legacy) export DOCKER_BUILDKIT=0 ;;
     *) die "SSHIPIT_BUILDER must be buildkit or legacy" ;;
 esac
-log "building $TAG (DOCKER_BUILDKIT=$DOCKER_BUILDKIT, wheelhouse served at http://127.0.0.1:$PORT/)"
+# One snapshot of the build context for both targets: the Dockerfile, .dockerignore and what its allow-list
+# (`!path` lines) names. The working tree may change between the two builds; the two tags must not differ.
+CONTEXT=$(mktemp /tmp/sshipit-image-context.XXXXXX.tar)
+trap 'kill "$HTTP_PID" 2>/dev/null || true; rm -f "$CONTEXT"' EXIT
+(
+    cd "$REPO"
+    shopt -s nullglob
+    paths=(Dockerfile .dockerignore)
+    while IFS= read -r pattern; do
+        # shellcheck disable=SC2206 # the allow-list's globs (LICENSE*) are meant to expand here
+        paths+=(${pattern%/})
+    done < <(sed -n 's/^!\(.*\)$/\1/p' .dockerignore)
+    tar --exclude=__pycache__ -cf "$CONTEXT" "${paths[@]}"
+) || die "could not snapshot the build context"
+
+# The github target first, the default (plugin) target second: the second build reuses every layer.
 start=$(date +%s%N)
-"$DOCKER" build --network=host --progress=plain \
-    --build-arg PIP_NO_INDEX=1 \
-    --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$PORT/" \
-    -t "$TAG" "$REPO" >&2 \
-    || die "docker build failed"
+for target in github plugin; do
+    tag=$TAG
+    [ "$target" = github ] && tag=$GITHUB_TAG
+    log "building $tag (target $target, DOCKER_BUILDKIT=$DOCKER_BUILDKIT, wheelhouse at http://127.0.0.1:$PORT/)"
+    "$DOCKER" build --network=host --progress=plain --target "$target" \
+        --build-arg PIP_NO_INDEX=1 \
+        --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$PORT/" \
+        -t "$tag" - <"$CONTEXT" >&2 \
+        || die "docker build --target $target failed"
+done
 ms=$((($(date +%s%N) - start) / 1000000))
 
-size=$("$DOCKER" image inspect -f '{{.Size}}' "$TAG")
-log "built $TAG in $((ms / 1000)).$((ms % 1000 / 100)) s; size $size bytes ($((size / 1000000)) MB)"
-echo "IMAGE $TAG $size"
+log "built $GITHUB_TAG and $TAG in $((ms / 1000)).$((ms % 1000 / 100)) s"
+for tag in "$GITHUB_TAG" "$TAG"; do
+    size=$("$DOCKER" image inspect -f '{{.Size}}' "$tag")
+    log "$tag: size $size bytes ($((size / 1000000)) MB)"
+    echo "IMAGE $tag $size"
+done

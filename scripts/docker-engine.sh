@@ -57,14 +57,14 @@ start_dockerd() {
     mkdir -p "$data" "$RUN/exec"
     rm -f "$SOCK" "$PIDFILE"
     log "starting dockerd (storage-driver=$driver, data-root=$data)"
-    # setsid + all fds redirected: the daemon outlives this script and holds no caller's pipe.
+    # setsid + all fds redirected: the daemon outlives this script and holds no caller's pipe or lock.
     setsid /usr/sbin/dockerd \
         --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
         --storage-driver="$driver" --data-root="$data" --exec-root="$RUN/exec" \
         --pidfile="$PIDFILE" --host="$DOCKER_HOST" \
-        </dev/null >>"$LOG" 2>&1 9>&- &
-    local pid=$! i
-    for i in $(seq 1 120); do
+        </dev/null >>"$LOG" 2>&1 8>&- 9>&- &
+    local pid=$!
+    for _ in $(seq 1 120); do
         engine_up && return 0
         kill -0 "$pid" 2>/dev/null || { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; } || break
         sleep 0.5
@@ -95,19 +95,7 @@ else
 fi
 
 # --- 3. base image ------------------------------------------------------------------------
-debian_mirror() {
-    if [ -n "${SSHIPIT_DEBIAN_MIRROR:-}" ]; then echo "$SSHIPIT_DEBIAN_MIRROR"; return; fi
-    local m=""
-    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-        m=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' \
-            /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [ -z "$m" ] && [ -r /etc/apt/sources.list ]; then
-        m=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
-            /etc/apt/sources.list)
-    fi
-    echo "${m:-http://deb.debian.org/debian}"
-}
+debian_mirror() { "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"; }
 
 make_rootfs_tar() {
     local root mirror

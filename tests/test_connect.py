@@ -21,8 +21,8 @@ import pytest
 from conftest import RunSshipit
 from helpers import Result, one_error, plugin_env, rmtree
 from sshipit.errors import SettingsError
+from sshipit.hosts import parse_host
 from sshipit.localserver import KeyPair, LocalServer, generate_key
-from sshipit.plan import parse_host
 
 UNENCRYPTED = ["rsa_pem", "rsa_openssh", "ecdsa", "ecdsa_pem", "ed25519"]
 ENCRYPTED = ["ed25519_pass", "rsa_pem_pass", "ecdsa_pass"]

@@ -100,14 +100,22 @@ WORKSPACE = {
 NOT_RUN = {
     "scripts/demo": "installs packages with apt-get and runs a demo deploy (needs root and a package mirror)",
     "scripts/test": "runs this very test suite",
+    "scripts/install": "tests/test_setup.py runs it (through scripts/demo) in a clean Debian root",
+    'export PATH="$PWD/.venv/bin:$PATH"': "tests/test_setup.py checks that .venv/bin/sshipit is there and runs",
+    "pipx install .": "tests/test_setup.py runs it in a clean Debian root and runs ~/.local/bin/sshipit",
     "docker build -t sshipit .": "tests/test_image.py builds the image from this Dockerfile and runs it",
     "scripts/build-image.sh": "tests/test_image.py builds the image the same way",
-    "pip install -r bench/requirements.txt": "scripts/install (run by .ci/run) installs the same file",
-    "sudo python3 bench/run.py": "the full benchmark runs for over an hour; tests/test_bench.py runs the same script",
-    "python3 bench/run.py --quick": "tests/test_bench.py runs it (--loopback-only) and checks its report",
+    "scripts/install --test": "scripts/test (run by .ci/run) runs it first",
+    "sudo .venv/bin/python bench/run.py": "the full benchmark runs for over an hour; tests/test_bench.py runs the "
+                                          "same script",
+    ".venv/bin/python bench/run.py --wan": "runs for minutes; tests/test_wire.py measures the same round trips",
+    ".venv/bin/python bench/run.py --everyday": "runs for minutes; the same script as the --quick smoke test",
+    ".venv/bin/python bench/run.py --quick": "tests/test_bench.py runs it (--loopback-only) and checks its report",
 }
 
-PLUGIN_IMAGES = ("sshipit/sshipit", "appleboy/drone-ssh", "appleboy/drone-scp", "cupcakearmy/drone-deploy")
+PLUGIN_IMAGES = ("sshipit/sshipit", "appleboy/drone-ssh", "appleboy/drone-scp", "cupcakearmy/drone-deploy",
+                 "drillster/drone-rsync")
+ACTIONS = ("sshipit/sshipit", "appleboy/ssh-action", "appleboy/scp-action")  # migration.md's "before" steps
 COMMIT = "5f2a0c1d9e8b7a6f5e4d3c2b1a0f9e8d7c6b5a49"
 DRONE = {
     "CI": "true", "DRONE": "true", "DRONE_REPO": "octo/app", "DRONE_REPO_NAME": "app", "DRONE_REPO_OWNER": "octo",
@@ -141,6 +149,7 @@ class Block:
     ci: str  # drone, woodpecker, github, gitlab, or sh
     note: str = ""  # the docs-test comment before the block, if any
     previous: Block | None = None  # the page's runnable block before this one
+    files: dict[str, str] = field(default_factory=dict)  # the page's files so far (`docs-test: file PATH`)
 
     @property
     def id(self) -> str:
@@ -165,6 +174,7 @@ def collect_blocks() -> list[Block]:
         lines = page.read_text().splitlines()
         heading = ""
         previous: Block | None = None
+        files: dict[str, str] = {}  # repository files the page shows (an inventory, an ssh_config)
         n = 0
         while n < len(lines):
             line = lines[n]
@@ -176,11 +186,14 @@ def collect_blocks() -> list[Block]:
                 continue
             end = next(i for i in range(n + 1, len(lines)) if lines[i].startswith("```"))
             lang = {"yml": "yaml", "bash": "sh", "shell": "sh"}.get(fence.group(1), fence.group(1))
-            if lang in ("yaml", "sh"):
-                before = next((lines[i] for i in range(n - 1, -1, -1) if lines[i].strip()), "")
-                note = re.fullmatch(r"<!-- docs-test: (.*) -->", before.strip())
+            before = next((lines[i] for i in range(n - 1, -1, -1) if lines[i].strip()), "")
+            note = re.fullmatch(r"<!-- docs-test: (.*) -->", before.strip())
+            as_file = re.fullmatch(r"file (\S+)", note.group(1)) if note else None
+            if as_file:  # a file of the repository the page's next examples use: written into their workspace
+                files[as_file.group(1)] = "\n".join(lines[n + 1:end]) + "\n"
+            elif lang in ("yaml", "sh"):
                 block = Block(page, n + 1, lang, "\n".join(lines[n + 1:end]) + "\n", _ci_of(page, heading, lang),
-                              note.group(1) if note else "", previous)
+                              note.group(1) if note else "", previous, dict(files))
                 found.append(block)
                 previous = block
             n = end + 1
@@ -415,6 +428,10 @@ def _rewrite(args: list[str], env: dict[str, str], config: dict[str, Any]) -> tu
         if stripped.startswith("["):
             with contextlib.suppress(ValueError):
                 items = json.loads(stripped)
+            if items is not None and setting == "host" and all(isinstance(i, (str, dict)) for i in items) \
+                    and not any(isinstance(i, dict) and "from_secret" in i for i in items):
+                return json.dumps([{**i, "host": _map(setting, str(i.get("host")), config, machines)}
+                                   if isinstance(i, dict) else _map(setting, i, config, machines) for i in items])
             if items is not None and not all(isinstance(item, str) for item in items):
                 return text  # maps inside (an unresolved from_secret): sshipit itself must refuse it
         parts = items if items is not None else text.split(",")
@@ -423,12 +440,18 @@ def _rewrite(args: list[str], env: dict[str, str], config: dict[str, Any]) -> tu
         return json.dumps(mapped) if items is not None else ",".join(mapped)
 
     out = list(args)
+    # With an ssh_config, host entries are its Host aliases: they reach the machines through its HostName lines
+    # (machine_file rewrote them), so they are left as written and the machines are found through the file.
+    mapped = HOST_SETTINGS | USER_SETTINGS | PIN_SETTINGS
+    if "--ssh-config" in out or any(a.startswith("--ssh-config=") for a in out) or \
+            env.get("PLUGIN_SSH_CONFIG") or env.get("INPUT_SSH_CONFIG"):
+        mapped = mapped - {"host", "username"}
     for n, arg in enumerate(out):
         if not arg.startswith("--"):
             continue
         name, has, text = arg[2:].partition("=")
         setting = lookup(name)
-        if setting is None or setting.name not in HOST_SETTINGS | USER_SETTINGS | PIN_SETTINGS:
+        if setting is None or setting.name not in mapped:
             continue
         if has:
             out[n] = f"--{name}={value(setting.name, text)}"
@@ -437,9 +460,40 @@ def _rewrite(args: list[str], env: dict[str, str], config: dict[str, Any]) -> tu
     for var, text in list(env.items()):
         if var.startswith(("PLUGIN_", "INPUT_")):
             setting = lookup(var.split("_", 1)[1])
-            if setting is not None and setting.name in HOST_SETTINGS | USER_SETTINGS | PIN_SETTINGS and text:
+            if setting is not None and setting.name in mapped and text:
                 env[var] = value(setting.name, text)
+    machines += _file_machines(out, env, config)
     return out, env, machines
+
+
+def _file_machines(args: list[str], env: dict[str, str], config: dict[str, Any]) -> list[str]:
+    """The machines an inventory (with its limit) or an ssh_config sends the run to, found by the ports
+    machine_file wrote into those files."""
+    from sshipit.cli import read_settings
+    from sshipit.errors import SettingsError
+    from sshipit.inventory import HostEntry, inventory_entries, read_inventory
+    from sshipit.settings import parse_list
+    from sshipit.sshconfig import read_config, resolve
+
+    by_port = {port: config["machines"][alias] for alias, port in config["hosts"].items()}
+    try:
+        raw = read_settings(list(args), env)
+    except (SettingsError, SystemExit):
+        return []
+    text = {name: entry.text for name, entry in raw.known.items()}
+    entries: list[HostEntry] = []
+    try:
+        if text.get("inventory"):
+            entries += inventory_entries(read_inventory(text["inventory"] or "", Path.cwd()), text.get("limit"), [])
+        if text.get("ssh_config"):
+            found = read_config(text["ssh_config"] or "", Path.cwd())
+            hosts = parse_list(raw.known["host"], "host") if "host" in raw.known else []
+            entries += [HostEntry(h, h) for h in hosts]
+            for entry in entries:
+                resolve(found, entry, 22, config["login"])
+    except SettingsError:
+        return []  # sshipit itself says what is wrong
+    return [by_port[entry.port] for entry in entries if entry.port in by_port]
 
 
 def _map(setting: str, item: str, config: dict[str, Any], machines: list[str]) -> str:
@@ -669,8 +723,8 @@ def _ci_step(block: Block, site: Site, workspace: Path, tmp: Path) -> tuple[dict
         steps = [step for job in data["jobs"].values() for step in job.get("steps", [])]
     else:
         steps = data if isinstance(data, list) else [data]
-    found = [s for s in steps if str(s.get("uses", "")).split("@")[0] == "sshipit/sshipit"]
-    assert len(found) == 1, f"{block.id}: expected one `uses: sshipit/sshipit@...` step"
+    found = [s for s in steps if str(s.get("uses", "")).split("@")[0] in ACTIONS]
+    assert len(found) == 1, f"{block.id}: expected one `uses: sshipit/sshipit@...` step (or an action it replaces)"
     output, summary = tmp / "github_output", tmp / "github_summary.md"
     for path in (output, summary):
         path.write_text("")
@@ -736,6 +790,77 @@ def check_success(block: Block, outcome: Outcome, site: Site) -> None:
         assert "sshipit: " in Path(outcome.extra["GITHUB_STEP_SUMMARY"]).read_text()
 
 
+def machine_file(name: str, text: str, site: Site) -> str:
+    """A file a page shows (an Ansible inventory, an ssh_config) as it must read to reach the machines: each host
+    name of HOSTS becomes 127.0.0.1 and that machine's port, each login name the servers' test user."""
+    login = default_login_user().pw_name
+    port = {alias: site.machines[machine].server.port for alias, machine in HOSTS.items()}
+
+    def address(match: re.Match[str]) -> str:  # [user@]name[:port] in a ProxyJump or a -J
+        if match.group(2) not in port:
+            return match.group(0)
+        return f"{login}@127.0.0.1:{port[match.group(2)]}"
+
+    hop = r"(?:([\w.-]+)@)?([\w.-]+)(?::\d+)?"
+    if re.search(r"^\s*Host\s", text, re.M):  # an ssh_config
+        out = []
+        for line in text.splitlines():
+            words = line.split()
+            keyword = words[0].lower() if words else ""
+            if keyword == "port":
+                continue  # the machine's port comes with its HostName
+            if keyword == "hostname":
+                assert words[1] in port, f"{name}: no machine stands for HostName {words[1]}: add it to HOSTS"
+                indent = line[: len(line) - len(line.lstrip())]
+                out += [f"{indent}HostName 127.0.0.1", f"{indent}Port {port[words[1]]}"]
+            elif keyword == "user":
+                out.append(re.sub(r"(?i)(user\s+)\S+", rf"\g<1>{login}", line))
+            elif keyword == "proxyjump":
+                out.append(line.split(None, 1)[0] + " " + re.sub(hop, address, line.split(None, 1)[1]))
+            else:
+                out.append(line)
+        return "\n".join(out) + "\n"
+    if name.endswith((".yml", ".yaml")):
+        data = yaml.safe_load(text)
+
+        def group(body: dict[str, Any]) -> None:
+            for key, variables in (body.get("hosts") or {}).items():
+                body["hosts"][key] = host_vars(str(key), dict(variables or {}))
+            for child in (body.get("children") or {}).values():
+                group(child or {})
+            if "ansible_user" in (body.get("vars") or {}):
+                body["vars"]["ansible_user"] = login
+
+        def host_vars(key: str, variables: dict[str, Any]) -> dict[str, Any]:
+            where = str(variables.get("ansible_host", key))
+            assert where in port, f"{name}: no machine stands for host {where}: add it to HOSTS"
+            variables.update(ansible_host="127.0.0.1", ansible_port=port[where])
+            if "ansible_user" in variables:
+                variables["ansible_user"] = login
+            return variables
+
+        for body in data.values():
+            group(body or {})
+        return yaml.safe_dump(data, sort_keys=False)
+    out = []  # an INI inventory
+    section = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        elif stripped and not stripped.startswith(("#", ";")):
+            line = re.sub(r"\bansible_user=\S+", f"ansible_user={login}", line)
+            line = re.sub(r"\s*\bansible_port=\S+", "", line)
+            if not section.endswith((":vars]", ":children]")):
+                words = stripped.split()
+                where = next((w.split("=", 1)[1] for w in words if w.startswith("ansible_host=")), words[0])
+                assert where in port, f"{name}: no machine stands for host {where}: add it to HOSTS"
+                line = re.sub(r"\s*\bansible_host=\S+", "", line)
+                line += f" ansible_host=127.0.0.1 ansible_port={port[where]}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 @pytest.fixture
 def home(tmp_path: Path, site: Site) -> Path:
     """The HOME the examples run with: `~/.ssh/deploy` is the deploy key, as the shell examples assume."""
@@ -775,6 +900,9 @@ def test_example(block: Block, site: Site, workspace: Path, home: Path, tmp_path
     for machine in site.machines.values():
         machine.reset()
     fill_workspace(workspace)
+    for name, text in block.files.items():
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_text(machine_file(name, text, site))
     note = block.note
     setup = re.fullmatch(r"after the previous example( twice)?", note)
     if setup:
@@ -799,7 +927,7 @@ def check_setup_block(block: Block) -> None:
     for command in _commands_of(block.text):
         assert command in NOT_RUN, f"{block.id}: {command!r} is neither a sshipit example nor in NOT_RUN"
         if command.startswith("scripts/"):
-            script = REPO / command
+            script = REPO / command.split()[0]
             assert script.is_file() and os.access(script, os.X_OK), f"{command} is missing or not executable"
             syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
             assert syntax.returncode == 0, f"{command}: {syntax.stderr}"
@@ -824,39 +952,38 @@ def test_every_ci_has_a_page_with_examples() -> None:
 
 
 def test_migration_tables_map_every_setting(keys: dict[str, KeyPair], tmp_path: Path) -> None:
-    """Each old setting either is the sshipit setting in its row (same name or an alias), or the row says it is
-    warned about and ignored, and sshipit does warn about it."""
+    """Each peer's table in migration.md is the peer's table in dialects.py, row for row: every setting of the peer,
+    the sshipit setting it becomes, and what differs. A peer setting that is not an sshipit setting is known to the
+    dialects (accepted or refused there), never the generic "unknown setting"."""
+    from sshipit.dialects import PEERS
     from sshipit.settings import lookup
 
-    ignored: list[str] = []
-    rows = re.findall(r"^\| (.+?) \| (.+?) \| (.*?) \|$", (DOCS / "migration.md").read_text(), re.M)
-    assert len(rows) > 30
-    for old, new, notes in rows:
-        if old.startswith(("drone-", "---")) or old.startswith("("):
-            continue
-        olds = re.findall(r"`([a-z_]+)`", old)
-        news = {s.name for s in map(lookup, re.findall(r"`([a-z_]+)", new)) if s is not None}
-        assert olds, old
-        for name in olds:
-            setting = lookup(name)
-            if "warned about and ignored" in notes.lower():
-                if setting is None:
-                    ignored.append(name)
-                continue
-            if new.strip() == "the same":
-                assert setting is not None, f"{name}: no such sshipit setting"
-                continue
-            assert setting is not None and setting.name in news, f"migration.md maps {name} to {new}, sshipit " \
-                f"reads it as {setting.name if setting else 'unknown'}"
-    assert ignored
-    env = {f"PLUGIN_{name.upper()}": "true" for name in ignored}
+    text = (DOCS / "migration.md").read_text()
+    header = r"^\| ([a-z-]+) \| sshipit \| same, or what differs \|\n\|---\|---\|---\|\n"
+    tables = re.findall(header + r"((?:\|.*\|\n)+)", text, re.M)
+    assert {peer for peer, _ in tables} == set(PEERS) and len(tables) == len(PEERS), [p for p, _ in tables]
+    accepted: list[str] = []
+    for peer, body in tables:
+        rows = re.findall(r"^\| `([a-z_]+)` \| (`[a-z_]+`|none) \| (.+?) \|$", body, re.M)
+        assert len(rows) == len(body.splitlines()), f"{peer}: a row is not `name` | `ours` or none | text"
+        assert [name for name, _, _ in rows] == list(PEERS[peer]), f"{peer}: the table differs from dialects.py"
+        for name, ours, differs in rows:
+            rule = PEERS[peer][name]
+            assert ours == (f"`{rule.ours}`" if rule.ours else "none"), (peer, name)
+            assert differs == (rule.differs or "same"), (peer, name)
+            if rule.ours and lookup(rule.ours) is None:
+                raise AssertionError(f"{peer}: {name} -> {rule.ours}: no such sshipit setting")
+            if lookup(name) is None and rule.differs.startswith("accepted") and peer != "drone-rsync":
+                accepted.append(name)
+    assert accepted
+    # The accepted ones, all at once: a valid plan, no "unknown setting" (drone-rsync's: test_peer_drone_rsync).
+    env = {f"PLUGIN_{name.upper()}": "true" for name in set(accepted)}
     env |= {"PLUGIN_HOST": "127.0.0.1:1", "PLUGIN_KEY_PATH": str(keys["ed25519"].private_path),
-            "PLUGIN_SCRIPT": "true", "PLUGIN_RETRIES": "0"}  # a valid plan: warnings come with it
+            "PLUGIN_SCRIPT": "true", "PLUGIN_RETRIES": "0"}
     result = subprocess.run([sys.executable, "-m", "sshipit"], env=clean_env(tmp_path, env), capture_output=True,
-                            text=True, timeout=60, check=False)
+                            text=True, timeout=60, check=False, cwd=tmp_path)
     assert result.returncode == 1 and "connection refused" in result.stderr, result.stderr
-    for name in ignored:
-        assert f"warning: unknown setting PLUGIN_{name.upper()}" in result.stderr, result.stderr
+    assert "unknown setting" not in result.stderr, result.stderr
 
 
 def test_the_card_sample_in_drone_md_has_the_card_fields() -> None:

@@ -686,3 +686,54 @@ def test_the_documented_shapes_cover_the_common_errors(documented: list[re.Patte
     sections = re.split(r"^## ", text, flags=re.M)[1:]
     assert all("**Fix" in section for section in sections), "every docs/errors.md section says how to fix it"
 
+
+
+# ------------------------------------------------------------------------------------------- the demo's words
+
+
+def test_the_demo_counts_what_was_written_and_tells_bytes_one_way(tmp_path: Path) -> None:
+    """`python -m sshipit.demo` (a throwaway sshd): its two-line script is told as two lines, not "1 command";
+    the files' bytes and the bytes sent are told together on the upload line, and the summary's `sent` is that
+    same number."""
+    if os.geteuid() != 0:
+        pytest.fail("the demo starts sshd with a login user of its own: run the tests as root")
+    env = clean_env(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "sshipit.demo"], env=env, capture_output=True, text=True,
+                          timeout=180, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert re.search(r"^commands: ran a script of 2 lines " + DURATION + "$", done.stdout, re.M), output
+    assert "ran 1 command" not in output
+    upload = re.search(r"^upload: uploaded 2 files \((\d+ B)\) to \S+ over tar\S*, ([\d.]+ [KM]?B) sent "
+                       + DURATION + "$", done.stdout, re.M)
+    assert upload, output
+    row = re.search(r"^  ok +\S+ +- +\d+\.\d\ds +([\d.]+ [KM]?B)$", done.stdout, re.M)
+    assert row and row.group(1) == upload.group(2), output
+
+
+def test_a_failing_line_is_told_in_the_users_command_and_line(
+    server: LocalServer, keys: dict[str, KeyPair], remote_dir: Path, run_sshipit: RunSshipit,
+    documented: list[re.Pattern[str]],
+) -> None:
+    """bash's `line 11` of the generated script is told as the user's own command and line: in bash's message
+    and in the error, for a block script, a list of commands, script_stop: false, and a syntax error."""
+    script = "echo one\necho two\nno-such-command-xyz --flag\necho never\n"
+    result = run_sshipit(env=plugin_env(server, keys["ed25519"], target=str(remote_dir), script=script))
+    line = check_error(result, 127, "commands", "commands", documented)
+    assert "command 1, line 3 `no-such-command-xyz --flag` exited with status 127" in line, result
+    assert "bash: command 1, line 3: no-such-command-xyz: command not found" in result.stdout.splitlines(), result
+    assert "never" not in result.stdout.replace("echo never", "")
+    assert not re.search(r"bash: line \d+:", result.output), result
+
+    commands = ["echo first", "false\nif true; then\n  (exit 4)\nfi", "echo last"]  # line 1 fails, tolerated
+    result = run_sshipit(env=plugin_env(server, keys["ed25519"], target=str(remote_dir), script_stop=False,
+                                        script=json.dumps(commands)))
+    assert result.returncode == 4, result
+    assert "command 2, line 3 `(exit 4)` exited with status 4" in result.stderr, result
+    assert "last" in result.stdout.splitlines()
+
+    syntax = ["echo first", "echo second\nif then\necho third"]
+    result = run_sshipit(env=plugin_env(server, keys["ed25519"], target=str(remote_dir), script=json.dumps(syntax)))
+    assert result.returncode == 2, result
+    assert "command 2, line 2 `if then` exited with status 2" in result.stderr, result
+    assert re.search(r"^bash: eval: command 2, line 2: syntax error", result.stdout, re.M), result

@@ -163,6 +163,13 @@ class TestSharedAndPruning:
         (site / "config").mkdir()
         (site / "config/app.ini").write_text("shipped\n")
         shared = ["storage/", ".env", "dist/config/"]
+        # A shared *file* is one shared/ already has (made on the server, as for secrets) or the build ships; a
+        # path in neither place is made an empty directory (tests/test_outside_target.py).
+        (remote_dir / "shared").mkdir()
+        (remote_dir / "shared/.env").touch()
+        owner = remote_dir.stat()
+        for made in (remote_dir / "shared", remote_dir / "shared/.env"):
+            os.chown(made, owner.st_uid, owner.st_gid)
         for n in (1, 2):
             result = deploy(run_sshipit, server, keys["ed25519"], remote_dir, shared=shared,
                             script=f"echo run{n} >> storage/log; echo N={n} >> .env; cat dist/config/app.ini")

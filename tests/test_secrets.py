@@ -409,3 +409,50 @@ def test_the_watch_would_see_a_leak(creds: Secrets, workspace: Path, tmp_path: P
         proc.kill()
         proc.wait()
         leak_file.unlink(missing_ok=True)
+
+
+def key_body_lines(key_text: str, public_text: str) -> list[str]:
+    """A key file's secret lines, as Secrets.body_lines tells them."""
+    return Secrets("", "", key_text, public_text).body_lines
+
+
+def test_every_secret_however_given_is_masked(creds: Secrets, secret_server: LocalServer, target: Path,
+                                             workspace: Path, tmp_path: Path) -> None:
+    """Keys given as files (key_path, and a jump host's proxy_key_path with its own proxy_passphrase) are as
+    secret as keys given as text: commands that print both key files, the passphrases and the password show
+    ******** for each, never the text (until now only a key given as text was masked)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    proxy_passphrase = "proxy pp " + secrets.token_urlsafe(18)
+    proxy = generate_key(tmp_path / "proxy-key", "ecdsa", passphrase=proxy_passphrase, name="id_proxy")
+    secret_server.authorize(proxy.public_text)
+    key_file = tmp_path / "target-key" / "id_target"
+    key_file.parent.mkdir()
+    key_file.write_text(creds.key_text)
+    key_file.chmod(0o600)
+    # The server holds copies of both files, and the commands print them (as a careless `cat` of a deploy key).
+    for name, text in (("target.key", creds.key_text), ("proxy.key", proxy.private_text)):
+        (target / name).write_text(text)
+        shutil.chown(target / name, USER, USER)
+    script = "cat target.key; cat proxy.key; " + "; ".join(reveal(label, secret) for label, secret in (
+        ("pw", creds.password), ("pp", creds.passphrase), ("proxy-pp", proxy_passphrase)))
+    env = plugin_env(secret_server, None, target=str(target), key_path=str(key_file), passphrase=creds.passphrase,
+                     password=creds.password, proxy_host=f"{USER}@127.0.0.1:{secret_server.port}",
+                     proxy_key_path=str(proxy.private_path), proxy_passphrase=proxy_passphrase,
+                     proxy_fingerprint=",".join(secret_server.fingerprints().values()), script=script)
+    result = run_watched(env, workspace, home, secret_server.port, tmp_path / "audit.log").result
+    assert result.returncode == 0, result  # both keys were read, decrypted and used (the jump, then the target)
+    printed = result.stdout + result.stderr
+    target_lines = key_body_lines(creds.key_text, creds.public_text)
+    proxy_lines = key_body_lines(proxy.private_text, proxy.public_text)
+    assert len(target_lines) > 10 and len(proxy_lines) >= 3
+    for name, needle in [("password", creds.password), ("passphrase", creds.passphrase),
+                         ("proxy passphrase", proxy_passphrase),
+                         *((f"key_path line {n}", line) for n, line in enumerate(target_lines, 1)),
+                         *((f"proxy_key_path line {n}", line) for n, line in enumerate(proxy_lines, 1))]:
+        assert needle not in printed, f"{name} printed\n{result}"
+    lines = result.stdout.splitlines()
+    for label in ("pw", "pp", "proxy-pp"):
+        assert f"{label}=********" in lines, f"{label} not masked\n{result}"
+    # The key files were printed: every body line in its place, masked.
+    assert lines.count("********") >= len(target_lines) + len(proxy_lines), result

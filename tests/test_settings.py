@@ -8,9 +8,18 @@ import pytest
 
 from sshipit.commas import read_commands, recover_from_pipeline_file, split_top_level, substitute
 from sshipit.errors import SettingsError
-from sshipit.plan import parse_host
+from sshipit.hosts import parse_host
 from sshipit.rules import Masker, clean_relative, remote_target
-from sshipit.settings import Raw, from_environment, normalise, parse_bool, parse_duration, parse_list, suggest
+from sshipit.settings import (
+    CATALOGUE,
+    Raw,
+    from_environment,
+    normalise,
+    parse_bool,
+    parse_duration,
+    parse_list,
+    suggest,
+)
 
 
 class TestNames:
@@ -223,3 +232,19 @@ class TestRemoteCommands:
             if depth == 0 and token in (";", "||", "&", "|"):
                 top_level.append(token)
         assert top_level == []
+
+
+def settings_table() -> str:
+    """The README's settings table as the catalogue makes it: one row per setting, in the catalogue's order."""
+    rows = ["| setting | aliases | meaning | default |", "|---|---|---|---|"]
+    for setting in CATALOGUE:
+        aliases = ", ".join(f"`{alias}`" for alias in setting.aliases)
+        rows.append(f"| `{setting.name}` | {aliases} | {setting.help} | {setting.default or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_readme_settings_table_is_the_catalogue() -> None:
+    """Every setting, alias, meaning and default in the README is the catalogue's (flags and help come from it too)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    expected = settings_table()
+    assert expected in readme, f"README.md's settings table differs from the catalogue; it should read:\n{expected}"

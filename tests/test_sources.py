@@ -177,3 +177,24 @@ def test_find_does_not_list_what_a_whole_name_excludes(tree: Path) -> None:
     fast, slow = both(tree, ["dist", "!node_modules", "!.git/", "!*.map"], 0)
     assert fast.entries == slow.entries
     assert not any("node_modules" in entry.name or entry.name.endswith(".map") for entry in fast.entries)
+
+
+@pytest.mark.parametrize(("sources", "strip"), [(["dist", "!dangling"], 0), (["dist", "!dangling", "!*.map"], 1),
+                                                (["dist/**/*.js", "!dangling"], 2), (["dist/*", "!dangling"], 1)])
+def test_find_listing_and_python_walk_agree_when_following_links(
+    tree: Path, sources: list[str], strip: int
+) -> None:
+    """With dereference, a listing that holds a symlink is left to the Python walk, which follows it; the result is
+    the same whichever started, and the links are gone: what they point to is uploaded in their place."""
+    fast = collect(tree, sources, strip, Listing.start(tree, sources), dereference=True)
+    slow = collect(tree, sources, strip, dereference=True)
+    assert fast.entries == slow.entries and fast.warnings == slow.warnings
+    assert not [entry for entry in fast.entries if entry.kind == "symlink"]
+    by_name = {entry.name: entry for entry in fast.entries}
+    if sources[0] == "dist":
+        base = "" if strip else "dist/"
+        assert by_name[f"{base}link-to-dir"].kind == "dir" and by_name[f"{base}link-to-dir/2.js"].kind == "file"
+        assert by_name[f"{base}a/link-to-file"].kind == "file" and by_name[f"{base}a/link-to-file"].size == 3
+    with pytest.raises(SettingsError) as caught:
+        collect(tree, ["dist"], 0, Listing.start(tree, ["dist"]), dereference=True)
+    assert "dist/dangling is a symlink" in str(caught.value) and caught.value.setting == "dereference"

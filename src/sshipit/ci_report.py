@@ -7,8 +7,9 @@
 - GitHub Actions names two files to append to: `GITHUB_STEP_SUMMARY` (Markdown shown on the run's page) and
   `GITHUB_OUTPUT` (`name=value` lines: `release`, `result`, `hosts_failed`).
 
-These are extras: a file that cannot be written (the image runs as uid 1000) costs one warning, never the
-deploy. Every text that goes out passes the secret masker, like every console line.
+These are extras: a file that cannot be written (the Drone tag of the image runs as uid 1000) costs one warning,
+never the deploy. Every text that goes out passes the secret masker and is made inert (rules.neutralise: a
+server's text or a file name shows its control characters as escapes), like every console line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 from sshipit.report import Console, HostResult, human_bytes
+from sshipit.rules import neutralise
 
 if TYPE_CHECKING:
     from sshipit.plan import Plan
@@ -160,7 +162,7 @@ def _cell(text: str) -> str:
 
 def _masked(value: object, console: Console) -> object:
     if isinstance(value, str):
-        return console.masker(value)
+        return neutralise(console.masker(value))
     if isinstance(value, list):
         return [_masked(item, console) for item in value]
     if isinstance(value, dict):

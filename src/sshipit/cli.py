@@ -91,11 +91,40 @@ def _forget_credentials() -> None:
     them (asyncssh runs `ldconfig -p` through ctypes.util.find_library when it is imported)."""
     from sshipit.settings import PREFIXES, lookup
 
+    secret = {"RSYNC_KEY"}  # drone-rsync's key variable (dialects.py reads it from the copy)
     for name in list(os.environ):
         prefix = next((p for p in PREFIXES if name.startswith(p)), None)
         setting = lookup(name[len(prefix):]) if prefix else None
         if setting is not None and setting.secret:
-            del os.environ[name]
+            secret.add(name)
+    present = [name for name in secret if name in os.environ]
+    if present:
+        _blank_environment_block(present)
+    for name in present:
+        del os.environ[name]
+
+
+def _blank_environment_block(names: list[str]) -> None:
+    """Overwrite the values of `names` in the environment block the process started with.
+
+    unsetenv only drops libc's pointer: the text stays in the block that /proc/PID/environ shows, for this process
+    and for a child between fork and exec (when it is still this process's memory), to any process of the user.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        block = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    except (OSError, ValueError):  # no libc `environ` to reach (not Linux/glibc/musl): unsetenv alone
+        return
+    wanted = {os.fsencode(name) + b"=" for name in names}
+    index = 0
+    while (address := block[index]) is not None:
+        text = ctypes.string_at(address)
+        head = text[: text.find(b"=") + 1]
+        if head in wanted:
+            ctypes.memset(address + len(head), ord("*"), len(text) - len(head))
+        index += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,26 +138,40 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         raw = read_settings(argv, environ)
+        from sshipit.dialects import translate
         from sshipit.plan import build
 
         debug_raw = raw.known.get("debug")
         debug = bool(debug_raw and (debug_raw.text or "").strip().lower() in ("true", "yes", "on", "1", "y"))
-        plan = build(raw, environ, Path.cwd())
+        translated = translate(raw, environ)  # the peers' settings (drone-scp, drone-rsync, ...) as sshipit's
+        plans = [build(run, environ, Path.cwd()) for run in translated.runs]  # one per target; all checked first
+        from sshipit.connect import start_early
+
+        start_early(plans[0])  # TCP connect and versions while asyncssh and the rest load (connect.py, wire.py)
         gc.freeze()  # the plan (an entry per source file) lives to the end: later collections need not visit it
-        console.masker = plan.masker
-        for warning in plan.warnings:
-            console.warn(warning)
-        if plan.debug:
-            for name, value in plan.shown.items():
-                console.info(f"setting {name} = {value}")
         import asyncio
 
         from sshipit.deploy import deploy, exit_status
 
-        results = asyncio.run(deploy(plan, console))
+        results: list[Any] = []
+        captured = _capture_stdout(console) if translated.capture_stdout else None
+        for plan in plans:
+            console.masker = plan.masker
+            for warning in plan.warnings:
+                console.warn(warning)
+            if plan.debug:
+                for name, value in plan.shown.items():
+                    console.info(f"setting {name} = {value}")
+            if len(plans) > 1:  # several targets (drone-scp), or drone-rsync's prescript run before the sync
+                console.info(f"target {plan.target}" if plan.target else "prescript: before the upload")
+            results += asyncio.run(deploy(plan, console))
+            if exit_status(results):
+                break  # a target failed: the next ones are not touched
         seconds = time.monotonic() - started
         console.summary(results, seconds)
         status = exit_status(results)
+        if captured is not None:
+            _write_stdout_output(console, environ, captured)
         _ci_report(console, environ, seconds, status, results=results, plan=plan)
         return status
     except DeployError as exc:
@@ -148,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         console.error(f"internal error: {type(exc).__name__}: {exc} (run with debug: true for details)")
         return EXIT_FAILED
+    finally:
+        wire = sys.modules.get("sshipit.wire")
+        if wire is not None:
+            wire.close_early()  # connections opened early for hosts that were never deployed to
 
 
 def run() -> NoReturn:
@@ -174,3 +221,33 @@ def _ci_report(console: Console, environ: Mapping[str, str], seconds: float, sta
         publish(console, environ, seconds, status, **what)
     except Exception as exc:  # a bug in the extras: one warning, the deploy's own status stands
         console.warn(f"could not write the CI report: {type(exc).__name__}: {exc}")
+
+
+def _capture_stdout(console: Console) -> list[str]:
+    """ssh-action's and scp-action's capture_stdout: the lines the remote commands print, kept for the step
+    output `stdout` (masked, like every line shown)."""
+    lines: list[str] = []
+    show = console.output
+
+    def output(host: Any, line: str) -> None:
+        show(host, line)
+        lines.append((f"{host.label}: " if console.prefix_hosts else "") + console.masker(line))
+
+    console.output = output  # type: ignore[method-assign]
+    return lines
+
+
+def _write_stdout_output(console: Console, environ: Mapping[str, str], lines: list[str]) -> None:
+    path = environ.get("GITHUB_OUTPUT", "")
+    if not path:
+        console.warn("capture_stdout: there is no GITHUB_OUTPUT to write the step output stdout to")
+        return
+    import secrets
+
+    text = "\n".join(lines)
+    delimiter = f"sshipit_{secrets.token_hex(8)}"  # never a line of the output, so it cannot end the value early
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"stdout<<{delimiter}\n{text}\n{delimiter}\n")
+    except OSError as exc:
+        console.warn(f"could not write the step output stdout to GITHUB_OUTPUT: {exc.strerror or exc}")

@@ -3,7 +3,9 @@
 Owns: asyncssh connection options (AES-GCM first, no ~/.ssh/config, no default key files, never writing a
 known_hosts file), the TCP socket (asyncssh's packets of one event-loop turn sent together), host key
 verification against `fingerprint` / `known_hosts` before authentication, the jump host chain (direct-tcpip
-channels over the hops' own SSH connections, opened once per deploy and shared by every target), retries with
+channels over the hops' own SSH connections, opened once per deploy and shared by every target; a host's own
+chain, from an inventory or ssh_config, is shared likewise by the hosts that name it; a host's ProxyCommand is
+sshconfig.ProxyCommand), agent forwarding to targets that ask for it (never to hops), retries with
 backoff for transient errors, and the translation of every connect failure into one `DeployError` line naming
 the host (or the hop) and the setting to check. The connection returned here is the
 only one a host session uses.
@@ -22,7 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sshipit.errors import DeployError
-from sshipit.plan import Credentials, HostKeyPolicy, HostSpec, Plan
+from sshipit.hosts import Credentials, HostKeyPolicy, HostSpec, JumpHop
+from sshipit.plan import Plan
+from sshipit.sshconfig import ProxyCommand, ProxyCommandFailed
+from sshipit.wire import CLIENT_VERSION, connect_early, quicken, take_early, version_sent
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection, SSHKey
@@ -91,6 +96,25 @@ def _family(algorithm: str) -> str:
     return algorithm
 
 
+def _key_types(known_hosts: str) -> set[str]:
+    """The key algorithms named by known_hosts lines (markers and comments skipped)."""
+    found = set()
+    for line in known_hosts.splitlines():
+        words = line.split()
+        if words and words[0].startswith("@"):
+            words = words[1:]
+        if len(words) >= 3 and not words[0].startswith("#"):
+            found.add(words[1])
+    return found
+
+
+def _preferring(types: set[str]) -> list[str]:
+    """Every host key algorithm we accept, those of the families in `types` first."""
+    families = {_family(t) for t in types}
+    ordered = sorted(_FAMILIES, key=lambda item: item[0] not in families)
+    return [alg for _family_name, algs in ordered for alg in algs]
+
+
 def known_hosts_line(host: HostSpec, key: SSHKey) -> str:
     name = host.hostname if host.port == 22 else f"[{host.hostname}]:{host.port}"
     algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
@@ -108,8 +132,10 @@ class Tunnels:
     """
 
     def __init__(self, plan: Plan, info: Callable[[str], None] | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, jumps: list[JumpHop] | None = None) -> None:
         self._plan = plan
+        self._jumps = plan.jumps if jumps is None else jumps
+        self._branches: dict[tuple[tuple[str, int, str], ...], Tunnels] = {}  # hosts' own chains (branch)
         self._info = info
         self._warn = warn
         self._chain: asyncio.Task[SSHClientConnection] | None = None
@@ -133,7 +159,7 @@ class Tunnels:
         await self.close()
         tunnel: SSHClientConnection | None = None
         via: str | None = None
-        for hop in self._plan.jumps:
+        for hop in self._jumps:
             endpoint = _Endpoint(hop.host, hop.credentials, hop.host_keys, jump=True, pin_setting=hop.pin_setting)
             connected = await _connect_retrying(endpoint, self._plan, _fixed(tunnel), via)
             self._open.append(connected.conn)
@@ -147,8 +173,19 @@ class Tunnels:
         assert tunnel is not None
         return tunnel
 
+    def branch(self, jumps: list[JumpHop]) -> Tunnels:
+        """The chain of hosts with jump hosts of their own (an inventory's, ssh_config's ProxyJump): shared by
+        every host with the same hops, as the plan's chain is."""
+        key = tuple((hop.host.hostname, hop.host.port, hop.host.username) for hop in jumps)
+        if key not in self._branches:
+            self._branches[key] = Tunnels(self._plan, self._info, self._warn, jumps)
+            self._branches[key].warnings = self.warnings
+        return self._branches[key]
+
     async def close(self) -> None:
         """Close the hops, the last first (each is carried by the one before it)."""
+        for branch in self._branches.values():
+            await branch.close()
         while self._open:
             conn = self._open.pop()
             conn.close()
@@ -186,15 +223,20 @@ async def _close_with(conn: SSHClientConnection, tunnels: Tunnels) -> None:
 
 async def connect(host: HostSpec, plan: Plan) -> Connected:
     """Connect and authenticate, verifying the host key first (of every hop too). Raises DeployError."""
-    endpoint = _Endpoint(host, plan.credentials, plan.host_keys, jump=False)
-    if not plan.jumps:
+    endpoint = _Endpoint(host, host.credentials or plan.credentials, plan.host_keys, jump=False)
+    if host.proxy_command:  # its ssh_config's (or inventory's) ProxyCommand carries the connection
+        return await _connect_retrying(endpoint, plan, _fixed(ProxyCommand(host.proxy_command, plan.masker)), None)
+    jumps = plan.jumps if host.jumps is None else list(host.jumps)
+    if not jumps:
         return await _connect_retrying(endpoint, plan, None, None)
     tunnels = _TUNNELS.get()
     own = tunnels is None
     if tunnels is None:  # called outside deploy(): a chain of this host's own, closed along with its connection
-        tunnels = Tunnels(plan)
+        tunnels = Tunnels(plan, jumps=jumps)
+    elif host.jumps is not None:
+        tunnels = tunnels.branch(jumps)
     try:
-        connected = await _connect_retrying(endpoint, plan, tunnels.last_hop, plan.jumps[-1].host.label)
+        connected = await _connect_retrying(endpoint, plan, tunnels.last_hop, jumps[-1].host.label)
     except BaseException:
         if own:
             await tunnels.close()
@@ -205,6 +247,16 @@ async def connect(host: HostSpec, plan: Plan) -> Connected:
         _closers.add(task)
         task.add_done_callback(_closers.discard)
     return connected
+
+
+def start_early(plan: Plan) -> None:
+    """Open the TCP connections of the first hosts to deploy now, while the program still loads (wire.py):
+    direct connections only, as many as are deployed to at once."""
+    if plan.jumps:
+        return
+    first = plan.hosts[: min(plan.batch_size or len(plan.hosts), plan.max_parallel)]
+    connect_early([(host.hostname, host.port) for host in first if not host.proxy_command and not host.jumps],
+                  plan.connect_timeout)
 
 
 def _fixed(tunnel: SSHClientConnection | None) -> Callable[[], Awaitable[SSHClientConnection | None]]:
@@ -253,7 +305,20 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
     policy = endpoint.host_keys
     offered: list[SSHKey] = []
 
+    creds = endpoint.credentials
+    first_methods = [b"publickey"] if creds.keys or creds.agent_path else []
+    # Authentication without waiting (wire.quicken): a key's signature algorithm must be known before the
+    # server's list of them arrives, which holds for Ed25519 and ECDSA keys, not for RSA or an agent's.
+    early_auth = bool(creds.keys) and not creds.agent_path and \
+        not any(key.get_algorithm().startswith("ssh-rsa") for key in creds.keys)
+    one_attempt = len(creds.keys) == 1 and not creds.agent_path and creds.password is None
+
     class Client(asyncssh.SSHClient):
+        def connection_made(self, conn: SSHClientConnection) -> None:
+            if getattr(conn, "_sshipit_early", False):
+                version_sent(conn)
+            quicken(conn, first_methods, early_auth=early_auth, open_early=one_attempt)
+
         def validate_host_public_key(self, _host: str, _addr: str, _port: int, key: SSHKey) -> bool:
             offered.append(key)
             if not policy.pinned:
@@ -264,7 +329,6 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
         known_hosts: Any = asyncssh.import_known_hosts(policy.known_hosts)
     else:
         known_hosts = ([], [], [])  # trust nothing implicitly, and never read ~/.ssh/known_hosts
-    creds = endpoint.credentials
     options: dict[str, Any] = dict(
         port=host.port,
         username=host.username,
@@ -274,6 +338,7 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
         client_keys=creds.keys or (() if creds.agent_path else None),
         ignore_encrypted=True,
         agent_path=creds.agent_path,
+        agent_forwarding=host.forward_agent,  # targets only (hops never have it): off unless asked for
         password=creds.password,
         password_auth=creds.password is not None,
         kbdint_auth=creds.password is not None,
@@ -281,6 +346,7 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
         gss_kex=False,
         host_based_auth=False,
         x509_trusted_certs=None,
+        client_version=CLIENT_VERSION,
         encryption_algs=CIPHERS,
         compression_algs=["none"],
         connect_timeout=plan.connect_timeout,
@@ -293,9 +359,11 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
         # asyncssh's default order puts RSA first; ask for the strongest, fastest type the server has.
         options["server_host_key_algs"] = [alg for _family, algs in _FAMILIES for alg in algs]
     tried: set[str] = set()
+    widened = False
     loop = asyncio.get_running_loop()
     started = loop.time()
     while True:
+        seen = len(offered)
         try:
             conn = await asyncio.wait_for(
                 asyncssh.connect(host.hostname, **options), timeout=plan.connect_timeout + 5
@@ -310,8 +378,21 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
                     continue
             raise _Failure(_host_key_error(endpoint, offered)) from None
         except Exception as exc:
-            if offered and policy.pinned and isinstance(exc, asyncssh.KeyExchangeFailed):
+            # Asked for the key types not tried yet, a server that has none of them ends the key exchange (most
+            # often by dropping the connection): the key it did offer is the mismatch to report, never a
+            # "connection reset" to retry.
+            if offered and policy.pinned and (isinstance(exc, asyncssh.KeyExchangeFailed)
+                                              or (tried and len(offered) == seen)):
                 raise _Failure(_host_key_error(endpoint, offered)) from None
+            if policy.known_hosts and not offered and not widened and isinstance(
+                    exc, (ConnectionResetError, ConnectionAbortedError, asyncssh.ConnectionLost,
+                          asyncssh.KeyExchangeFailed)):
+                # known_hosts asks for its own key types only, and a server with none of them ends the key
+                # exchange without showing a key. Asked once more for every type (known_hosts' first, so that a
+                # server that has them still picks them), the key it offers tells a mismatch from the network.
+                widened = True
+                options["server_host_key_algs"] = _preferring(_key_types(policy.known_hosts))
+                continue
             raise _Failure(_connect_error(endpoint, via, plan, exc), _transient(exc)) from None
         break
     key = conn.get_server_host_key()
@@ -364,10 +445,13 @@ class _Coalescing:
 class _Bridge(asyncio.Protocol):
     """Hands the socket's events to the SSH connection, which sees the coalescing transport."""
 
-    def __init__(self, session: asyncio.Protocol) -> None:
+    def __init__(self, session: asyncio.Protocol, early: bool = False) -> None:
         self.session = session
+        self.early = early
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.early:
+            self.session._sshipit_early = True  # type: ignore[attr-defined]  # see Client.connection_made
         self.session.connection_made(_Coalescing(transport))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -392,7 +476,12 @@ class _DirectTCP:
 
     async def create_connection(self, session_factory: Callable[[], Any], host: str, port: int) -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
-        transport, bridge = await loop.create_connection(lambda: _Bridge(session_factory()), host, port)
+        sock = await take_early(host, port)
+        if sock is not None:  # opened while the program loaded, our version line sent (start_early)
+            transport, bridge = await loop.create_connection(lambda: _Bridge(session_factory(), early=True),
+                                                             sock=sock)
+        else:
+            transport, bridge = await loop.create_connection(lambda: _Bridge(session_factory()), host, port)
         return transport, bridge.session
 
     def close(self) -> None:
@@ -469,6 +558,10 @@ def _connect_error(endpoint: _Endpoint, via: str | None, plan: Plan, exc: BaseEx
     if isinstance(exc, asyncssh.DisconnectError):
         return DeployError(f"{where}: the server closed the connection: {exc.reason}", setting=host_setting,
                            hint="see the server's sshd log", phase="connect")
+    if isinstance(exc, ProxyCommandFailed):
+        return DeployError(f"{where}: cannot connect: {exc.strerror}", setting="ssh_config",
+                           hint="run the host's ProxyCommand by hand: its program and credentials must be in the "
+                           "CI's environment", phase="connect")
     if isinstance(exc, OSError):
         return DeployError(f"{where}: cannot connect: {exc.strerror or exc}", setting=address_setting,
                            hint="check the address and the network path", phase="connect")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -35,6 +36,30 @@ VERSION = 2
 # another hash (or version) reads as no manifest: one full upload.
 HASH = "blake3"
 _SEP = "\0--sshipit--\0"
+# Larger than any manifest we write for a sane build (~250 bytes a file: half a million files); read no further.
+MANIFEST_LIMIT = 128 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _no_float(value: str) -> object:
+    raise ValueError(f"not an integer: {value[:20]}")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")  # names read with surrogateescape; other lone surrogates are forged
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clean(path: object) -> bool:
+    """A relative path as we send it: no empty, '.' or '..' part, no NUL, not absolute."""
+    if type(path) is not str or not path or len(path) > 4096 or "\0" in path:
+        return False
+    if path[0] == "/" or path[-1] == "/" or "//" in path or not _encodable(path):
+        return False
+    return not any(part in (".", "..") for part in path.split("/")) if "." in path else True
 
 
 def new_digest() -> Digest:
@@ -82,27 +107,49 @@ def file_hash(path: str) -> str:
 class Manifest:
     files: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # path -> (size, mode, content hash)
     links: dict[str, str] = field(default_factory=dict)  # path -> symlink destination
+    dirs: dict[str, int] = field(default_factory=dict)  # path -> mode (absent in older manifests: dirs re-sent once)
 
     def dumps(self) -> str:
-        return json.dumps({"version": VERSION, "hash": HASH, "files": self.files, "links": self.links},
-                          separators=(",", ":"))
+        return json.dumps({"version": VERSION, "hash": HASH, "files": self.files, "links": self.links,
+                           "dirs": self.dirs}, separators=(",", ":"))
 
     @classmethod
     def loads(cls, text: str) -> Manifest | None:
+        return cls.parse(text)[0]
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[Manifest | None, str]:
+        """The manifest, or None and why not. The file is the login's to write, so it is read as hostile: anything
+        but the exact shape we write (a float, 1e999, deep nesting, a wrong type, a path that is not clean) means
+        no manifest, that is one full upload, never an error."""
+        if len(text) > MANIFEST_LIMIT:
+            return None, f"larger than {MANIFEST_LIMIT >> 20} MiB"
         try:
-            data = json.loads(text)
-            if data.get("version") != VERSION or data.get("hash") != HASH:
-                return None
-            raw_files, links = data["files"], data["links"]
-            files = {}
-            for path in list(raw_files):  # popped as converted: the JSON's lists go while the tuples come
-                value = raw_files.pop(path)
-                files[sys.intern(path)] = (int(value[0]), int(value[1]), str(value[2]))
-            if not all(isinstance(v, str) for v in links.values()):
-                return None
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return None
-        return cls(files, links)
+            data = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
+        except Exception as exc:  # RecursionError, ValueError (huge ints too), MemoryError alike
+            return None, f"not valid JSON ({type(exc).__name__})"
+        if not isinstance(data, dict):
+            return None, "not a JSON object"
+        if data.get("version") != VERSION or data.get("hash") != HASH:
+            return None, "written by another version"  # expected after an upgrade: said, not alarming
+        raw_files, links, dirs = data.get("files"), data.get("links"), data.get("dirs", {})
+        if not (isinstance(raw_files, dict) and isinstance(links, dict) and isinstance(dirs, dict)):
+            return None, "files, links or dirs is not a map"
+        files = {}
+        for path in list(raw_files):  # popped as converted: the JSON's lists go while the tuples come
+            value = raw_files.pop(path)
+            if not (_clean(path) and type(value) is list and len(value) == 3 and type(value[0]) is int
+                    and type(value[1]) is int and type(value[2]) is str and 0 <= value[0] < 1 << 63
+                    and 0 <= value[1] <= 0o7777 and _HEX64.fullmatch(value[2])):
+                return None, "a file entry is not (size, mode, hash) under a clean path"
+            files[sys.intern(path)] = (value[0], value[1], value[2])
+        for path, link in links.items():
+            if not (_clean(path) and type(link) is str and link and "\0" not in link and _encodable(link)):
+                return None, "a symlink entry is not a clean path and destination"
+        for path, mode in dirs.items():
+            if not (_clean(path) and type(mode) is int and 0 <= mode <= 0o7777):
+                return None, "a directory entry is not a clean path and mode"
+        return cls(files, links, dirs), ""
 
     @classmethod
     def of(cls, entries: list[Entry], hashes: dict[str, str]) -> Manifest:
@@ -112,6 +159,8 @@ class Manifest:
                 manifest.files[entry.name] = (entry.size, entry.mode, hashes[entry.name])
             elif entry.kind == "symlink":
                 manifest.links[entry.name] = entry.link
+            elif entry.kind == "dir":
+                manifest.dirs[entry.name] = entry.mode
         return manifest
 
 
@@ -134,6 +183,7 @@ class ServerView:
     dirs: set[str]
     touched: set[str]  # changed since the manifest was written
     exists: bool  # the directory itself exists
+    problem: str = ""  # why a manifest that is there could not be used (said as a warning: a full upload follows)
 
 
 def plain_manifest_key(target: str) -> str:
@@ -153,42 +203,54 @@ async def read_server(
     With `gzip` (the server has it) the answer comes back compressed: for a build of 20,000 files it is ~5 MB of
     paths and hashes, under 2 MB gzipped, which is most of a no-change redeploy's time on a slow link.
     """
-    d = shell_path(directory)
-    types = r"\( -type f -o -type l \)"
-    # Relative paths are relative to the login's home, where the command starts: pin the manifest's down
-    # before changing into the directory.
-    script = (
-        f"{anchor_manifest(manifest_path)}; "
-        f"if ! cd -- {d} 2>/dev/null; then echo absent; exit 0; fi; echo present; "
-        f"cat -- \"$M\" 2>/dev/null; printf '{_sep_printf()}'; "
-        f"find . {types} -print0; printf '{_sep_printf()}'; "
-        f"find . -type d -print0; printf '{_sep_printf()}'; "
-        f"if [ -f \"$M\" ]; then find . {types} -cnewer \"$M\" -print0 2>/dev/null || "
-        f"find . {types} -newer \"$M\" -print0; fi"
-    )
+    script = server_script(directory, manifest_path)
     if gzip:
         script = f"{{ {script}; }} | gzip -1c"
     result = await capture(conn, script, timeout)
-    text = result.stdout
+    return parse_server(result.raw, result.exit_status, gzip)
+
+
+def server_script(directory: str, manifest_path: str) -> str:
+    """The read-only command behind `read_server` (remote.probe can run it in the same exec as the probe)."""
+    d = shell_path(directory)
+    types = r"\( -type f -o -type l \)"
+    # Relative paths are relative to the login's home, where the command starts: pin the manifest's down
+    # before changing into the directory. The manifest comes last, and no further than MANIFEST_LIMIT: the file
+    # is the login's to write, and whatever it holds (even our separator) cannot shift the listings before it.
+    return (
+        f"{anchor_manifest(manifest_path)}; "
+        f"if ! cd -- {d} 2>/dev/null; then echo absent; exit 0; fi; echo present; "
+        f"find . {types} -print0; printf '{_sep_printf()}'; "
+        f"find . -type d -print0; printf '{_sep_printf()}'; "
+        f"if [ -f \"$M\" ]; then find . {types} -cnewer \"$M\" -print0 2>/dev/null || "
+        f"find . {types} -newer \"$M\" -print0; fi; printf '{_sep_printf()}'; "
+        f"head -c {MANIFEST_LIMIT + 1} -- \"$M\" 2>/dev/null; true"
+    )
+
+
+def parse_server(raw: bytes, exit_status: int | None, gzip: bool) -> ServerView:
+    """The ServerView from the output of `server_script` (gzipped when `gzip`)."""
     if gzip:
         try:
-            text = zlib.decompress(result.raw, wbits=31).decode("utf-8", "replace")
+            raw = zlib.decompress(raw, wbits=31)
         except zlib.error:
-            text = ""  # read as "no manifest": a full upload, never a wrong one
+            raw = b""  # read as "no manifest": a full upload, never a wrong one
+    # Names are bytes on the server: surrogateescape keeps a non-UTF-8 name equal to the one the sources read.
+    text = raw.decode("utf-8", "surrogateescape")
     head, _, rest = text.partition("\n")
-    if head.strip() != "present" or result.exit_status != 0:
+    if head.strip() != "present" or exit_status != 0:
         return ServerView(None, set(), set(), set(), exists=False)
-    parts = rest.split(_SEP)
+    parts = rest.split(_SEP, 3)
     if len(parts) != 4:
-        return ServerView(None, set(), set(), set(), exists=True)
-    manifest_text, files, dirs, touched = parts
+        return ServerView(None, set(), set(), set(), exists=True, problem="the server's listing was cut short")
+    files, dirs, touched, manifest_text = parts
 
     def names(block: str) -> set[str]:
         # Interned: with many hosts, each host's listing then shares one string per path (so do Entry names).
         return {sys.intern(posixpath.normpath(n)) for n in block.split("\0") if n and n != "."}
 
-    return ServerView(Manifest.loads(manifest_text) if manifest_text.strip() else None,
-                      names(files), names(dirs), names(touched), exists=True)
+    manifest, problem = Manifest.parse(manifest_text) if manifest_text.strip() else (None, "")
+    return ServerView(manifest, names(files), names(dirs), names(touched), exists=True, problem=problem)
 
 
 def _sep_printf() -> str:
@@ -215,16 +277,21 @@ def compare(entries: list[Entry], view: ServerView | None, removed: tuple[str, .
 
     delta = Delta(send=[])
     names = set()
+    others = set()  # names that are files or symlinks in the build: nothing of the server's below them survives
+    chosen = []  # files and symlinks to send
+    dirs_changed = False
     for entry in entries:
         names.add(entry.name)
         on_server = entry.name in view.present and entry.name not in view.touched and not gone(entry.name)
         if entry.kind == "dir":
-            if entry.name not in view.dirs or gone(entry.name):
-                delta.send.append(entry)
+            if (entry.name not in view.dirs or gone(entry.name)
+                    or manifest.dirs.get(entry.name) != entry.mode):
+                dirs_changed = True
             continue
+        others.add(entry.name)
         if entry.kind == "symlink":
             if not (on_server and manifest.links.get(entry.name) == entry.link):
-                delta.send.append(entry)
+                chosen.append(entry)
             continue
         known = manifest.files.get(entry.name)
         if on_server and known is not None and known[0] == entry.size and known[1] == entry.mode:
@@ -234,8 +301,22 @@ def compare(entries: list[Entry], view: ServerView | None, removed: tuple[str, .
                 delta.skipped_files += 1
                 delta.skipped_bytes += entry.size
                 continue
-        delta.send.append(entry)
-    delta.stale = sorted(p for p in [*manifest.files, *manifest.links] if p not in names and p in view.present)
+        chosen.append(entry)
+    if chosen or dirs_changed:
+        # Every directory goes along (a header each): where a directory is merged into the server's, its mode
+        # and time are set from the stream's, so one the stream only implied would get the server's umask.
+        picked = {id(entry) for entry in chosen}
+        delta.send = [e for e in entries if e.kind == "dir" or id(e) in picked]
+
+    def replaced(path: str) -> bool:  # below a path that is now a file or symlink: gone with the old directory
+        while "/" in path:
+            path = path.rpartition("/")[0]
+            if path in others:
+                return True
+        return False
+
+    delta.stale = sorted(p for p in [*manifest.files, *manifest.links]
+                         if p not in names and p in view.present and not replaced(p))
     return delta
 
 

@@ -1,81 +1,44 @@
 """From raw settings to a validated plan: everything a deploy will do, decided before any host is contacted.
 
-Owns: host entry parsing, credential loading (keys are parsed here, once, and held in memory only),
-host key policy, the remote target, the file list, the commands and the environment to export. A `Plan` is
+Owns: the remote target, the file list, the commands, the environment to export, the fleet's pace (batches,
+failure budget, retries), and the new release's name and metadata (ReleaseSpec; release.py makes the name final
+per host under the lock). Who and where (hosts, credentials, host key pins, jump hosts) is hosts.py's. A `Plan` is
 complete and checked; the session stage only carries it out.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import math
-import os
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sshipit.commas import read_commands
 from sshipit.errors import SettingsError
-from sshipit.release import ReleaseSpec, new_release
+from sshipit.hosts import (
+    Credentials,
+    HostKeyPolicy,
+    HostSpec,
+    JumpHop,
+    load_keys,
+    normalise_key_text,
+    pin,
+    plan_jumps,
+    read_hosts,
+)
 from sshipit.rules import Masker, clean_relative, is_precious, is_shell_name, remote_target
 from sshipit.settings import (
     CATALOGUE,
     Raw,
     RawSettings,
-    Setting,
-    parse_bool,
-    parse_duration,
+    Values,
     parse_int,
-    parse_list,
     suggest,
 )
 from sshipit.sources import Collected, Listing, collect
-
-if TYPE_CHECKING:
-    from asyncssh import SSHKey
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    hostname: str
-    port: int
-    username: str
-    written: str  # the entry as the user wrote it
-
-    @property
-    def label(self) -> str:
-        """How output names this host: short, but unique among hosts that differ only by port or user."""
-        return self.written
-
-
-@dataclass
-class Credentials:
-    password: str | None = None
-    keys: list[SSHKey] = field(default_factory=list)
-    key_descriptions: list[str] = field(default_factory=list)  # "ed25519 key from key" for error messages
-    agent_path: str | None = None
-
-    def __repr__(self) -> str:  # never let a secret reach a log through repr()
-        return f"Credentials(password={'set' if self.password else 'unset'}, keys={self.key_descriptions})"
-
-    def methods(self) -> list[str]:
-        methods = [f"publickey ({d})" for d in self.key_descriptions]
-        if self.agent_path:
-            methods.append("publickey (ssh-agent)")
-        if self.password:
-            methods.append("password")
-        return methods
-
-
-@dataclass(frozen=True)
-class HostKeyPolicy:
-    fingerprints: tuple[str, ...] = ()
-    known_hosts: str | None = None
-
-    @property
-    def pinned(self) -> bool:
-        return bool(self.fingerprints or self.known_hosts)
 
 
 @dataclass
@@ -122,176 +85,66 @@ class Plan:
     keepalive: float = 15.0
 
 
-# ------------------------------------------------------------------------------------------------ host entries
-
-_HOSTNAME = re.compile(r"[A-Za-z0-9_.%-]+\Z")
-
-
-def parse_host(entry: str, default_port: int, default_user: str) -> HostSpec:
-    """`host`, `host:port`, `user@host`, `user@host:port`, `[ipv6]:port`, `[ipv6]` or a bare IPv6 address."""
-    text = entry.strip()
-    user = default_user
-    if "@" in text:
-        user, _, text = text.rpartition("@")
-        if not user or any(c.isspace() or c in "'\"`$;\\" for c in user) or user.startswith("-"):
-            raise SettingsError(f"host {entry!r}: {user!r} is not a valid user name", setting="host")
-    port = default_port
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise SettingsError(f"host {entry!r}: missing ']'", setting="host", hint="write [2001:db8::1]:2222")
-        hostname, rest = text[1:close], text[close + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise SettingsError(f"host {entry!r}: unexpected {rest!r}", setting="host")
-            port = _port(rest[1:], entry)
-        _check_ip6(hostname, entry)
-    elif text.count(":") > 1:
-        hostname = text  # a bare IPv6 address carries no port; brackets are needed for one
-        _check_ip6(hostname, entry)
-    elif ":" in text:
-        hostname, _, port_text = text.partition(":")
-        port = _port(port_text, entry)
-    else:
-        hostname = text
-    if not hostname or not _HOSTNAME.match(hostname.replace(":", "")) or hostname.startswith("-"):
-        raise SettingsError(f"host {entry!r} is not a valid host name or address", setting="host")
-    return HostSpec(hostname=hostname, port=port, username=user, written=entry.strip())
+# ---------------------------------------------------------------------------------------------------- releases
+# The new release's name and metadata: proposed here, once for all hosts; release.py makes the name final on each
+# host once that host's lock is held (ReleaseManager.lock).
 
 
-def _check_ip6(address: str, entry: str) -> None:
-    try:
-        ipaddress.IPv6Address(address.split("%")[0])
-    except ValueError:
-        raise SettingsError(f"host {entry!r}: {address!r} is not an IPv6 address", setting="host") from None
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """What the new release is called and what its metadata says."""
+
+    id: str
+    commit: str = ""
+    build: str = ""
+    repo: str = ""
+    created: str = ""
+
+    def metadata(self, result: str, **extra: str) -> str:
+        data = {"id": self.id, "commit": self.commit, "build": self.build, "repo": self.repo,
+                "created": self.created, "result": result, **extra}
+        return json.dumps(data, sort_keys=True)
+
+    def owner(self) -> str:
+        parts = [f"release {self.id}"]
+        if self.build:
+            parts.append(f"build {self.build}")
+        if self.repo:
+            parts.append(f"of {self.repo}")
+        return " ".join(parts)
 
 
-def _port(text: str, entry: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:  # not '²' (crashes int) or '١٢'
-        raise SettingsError(f"host {entry!r}: port {text!r} is not a number from 1 to 65535", setting="host")
-    return int(text)
+_UNSAFE = re.compile(r"[^0-9A-Za-z]")
 
 
-# ------------------------------------------------------------------------------------------------- credentials
+def release_stamp(now: float) -> str:
+    """The time part of a release id, to the millisecond: 20261123-204612.345 (ids sort by it)."""
+    millis = round(now * 1000)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}"
 
 
-def normalise_key_text(text: str) -> str:
-    """Keys pasted into CI secrets arrive with CRLF, literal \\n, or without the final newline."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-    if "\n" not in text and "\\n" in text:
-        text = text.replace("\\n", "\n")
-    return text + "\n"
-
-
-def load_key(text: str, passphrase: str | None, origin: str, passphrase_setting: str = "passphrase") -> SSHKey:
-    """Parse private key text from setting `origin`; errors name the setting to fix."""
-    import asyncssh
-
-    kind_hint = "expected an OpenSSH or PEM private key (RSA, ECDSA or Ed25519)"
-    the_passphrase = "the passphrase" if passphrase_setting == "passphrase" else passphrase_setting
-    if "PRIVATE KEY" not in text:
-        if text.startswith(("ssh-", "ecdsa-")):
-            raise SettingsError(f"{origin} holds a public key, not a private key", setting=origin,
-                                hint="use the private half (the file without .pub)")
-        raise SettingsError(f"{origin} is not a private key", setting=origin, hint=kind_hint)
-    try:
-        return asyncssh.import_private_key(text, passphrase or None)
-    except asyncssh.KeyEncryptionError as exc:
-        if "bcrypt" in str(exc):  # not the passphrase's fault: this install cannot decrypt OpenSSH-format keys
-            raise SettingsError(f"{origin} is an encrypted OpenSSH key and the bcrypt package is missing",
-                                setting=origin, hint="install sshipit with its dependencies (bcrypt)") from None
-        wrong = bool(passphrase)
-    except asyncssh.KeyImportError as exc:
-        # A wrong passphrase on a PEM key reads "Unable to decrypt PKCS#1 private key" (PKCS#8 likewise).
-        if not ("passphrase" in str(exc).lower() or (passphrase and "unable to decrypt" in str(exc).lower())):
-            raise SettingsError(f"{origin} could not be read ({exc})", setting=origin, hint=kind_hint) from None
-        wrong = bool(passphrase)
-    if wrong:
-        raise SettingsError(f"{the_passphrase} does not decrypt {origin}", setting=passphrase_setting,
-                            hint=f"check the {passphrase_setting} secret")
-    raise SettingsError(f"{origin} is encrypted", setting=passphrase_setting,
-                        hint=f"set {passphrase_setting} to the key's passphrase")
-
-
-def load_keys(credentials: Credentials, values: _Values, workspace: Path, prefix: str = "") -> None:
-    """Add the keys of `<prefix>key` (text) and `<prefix>key_path` (a file) to `credentials`.
-
-    prefix is "" for the targets and "proxy_" for jump hosts; a jump host's key falls back to the main passphrase.
-    """
-    passphrase = values.text(f"{prefix}passphrase") or values.text("passphrase") or None
-    for setting in (f"{prefix}key", f"{prefix}key_path"):
-        value = values.text(setting)
-        if not value:
-            continue
-        text = value if not setting.endswith("_path") else _read_key_file(value, workspace, setting)
-        key = load_key(normalise_key_text(text), passphrase, setting, f"{prefix}passphrase")
-        credentials.keys.append(key)
-        credentials.key_descriptions.append(_key_label(key, setting))
-
-
-def _read_key_file(path_text: str, workspace: Path, setting: str) -> str:
-    path = Path(os.path.expanduser(path_text))
-    if not path.is_absolute():
-        path = workspace / path
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a text file"
-        raise SettingsError(f"cannot read {setting} {path_text}: {reason}", setting=setting) from None
-
-
-def _key_label(key: SSHKey, origin: str) -> str:
-    algorithm = key.get_algorithm()
-    short = {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(algorithm, algorithm.replace("ecdsa-sha2-", "ecdsa "))
-    return f"{short} key from {origin}"
+def new_release(environ: Mapping[str, str], now: float | None = None) -> ReleaseSpec:
+    """Release ids sort by time and carry the short commit: 20261123-204612.345-abc1234."""
+    now = time.time() if now is None else now
+    commit = next((environ[v] for v in ("DRONE_COMMIT_SHA", "CI_COMMIT_SHA", "GITHUB_SHA") if environ.get(v)), "")
+    short = _UNSAFE.sub("", commit)[:7]
+    build = next((environ[v] for v in ("DRONE_BUILD_NUMBER", "CI_PIPELINE_NUMBER", "GITHUB_RUN_NUMBER")
+                  if environ.get(v)), "")
+    repo = next((environ[v] for v in ("DRONE_REPO", "CI_REPO", "GITHUB_REPOSITORY") if environ.get(v)), "")
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return ReleaseSpec(release_stamp(now) + (f"-{short}" if short else ""), commit[:64], build[:32], repo[:200],
+                       created)
 
 
 # ------------------------------------------------------------------------------------------------------- build
 
 
-class _Values:
-    """Typed access to raw settings, remembering which ones were used."""
-
-    def __init__(self, raw: RawSettings) -> None:
-        self.raw = raw
-
-    def has(self, name: str) -> bool:
-        return name in self.raw.known
-
-    def text(self, name: str) -> str | None:
-        raw = self.raw.known.get(name)
-        if raw is None:
-            setting = _setting(name)
-            return setting.default
-        if raw.items is not None:
-            return ",".join(raw.items)
-        return raw.text
-
-    def flag(self, name: str) -> bool:
-        text = self.text(name)
-        return parse_bool(text, name) if text is not None else False
-
-    def number(self, name: str, **bounds: Any) -> int:
-        text = self.text(name)
-        return parse_int(text, name, **bounds) if text is not None else 0
-
-    def duration(self, name: str) -> float:
-        text = self.text(name)
-        assert text is not None
-        return parse_duration(text, name)
-
-    def items(self, name: str) -> list[str]:
-        raw = self.raw.known.get(name)
-        return parse_list(raw, name) if raw is not None else []
-
-
-def _setting(name: str) -> Setting:
-    return next(s for s in CATALOGUE if s.name == name)
+# ------------------------------------------------------------------------------------------------------- build
 
 
 def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
     """Check every setting and decide the whole deploy. Raises SettingsError with one clear line."""
-    values = _Values(raw)
+    values = Values(raw)
     # The source directories are listed by another process while the settings are checked (sources.Listing).
     listing = Listing.start(workspace, values.items("sources"))
     try:
@@ -300,7 +153,7 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
         listing.close()
 
 
-def _build(values: _Values, raw: RawSettings, environ: dict[str, str], workspace: Path, listing: Listing) -> Plan:
+def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace: Path, listing: Listing) -> Plan:
     warnings = list(raw.warnings)
     masker = Masker()
     for name in ("password", "key", "passphrase"):
@@ -308,32 +161,28 @@ def _build(values: _Values, raw: RawSettings, environ: dict[str, str], workspace
     if values.text("key"):  # a key pasted with literal \n escapes: mask its real lines too
         masker.add(normalise_key_text(values.text("key") or ""))
 
-    # Hosts
-    entries = values.items("host")
-    if not entries:
-        raise SettingsError("no host to deploy to", setting="host", hint="set host (PLUGIN_HOST, --host)")
-    port = values.number("port", minimum=1, maximum=65535)
-    username = (values.text("username") or "root").strip()
-    hosts = [parse_host(entry, port, username) for entry in entries]
+    # Credentials: parsed once here, kept in memory only.
+    credentials = Credentials(password=values.text("password") or None)
+    load_keys(credentials, values, workspace, masker=masker)
+    credentials.agent_path = environ.get("SSH_AUTH_SOCK") or None
+
+    # Hosts: `host` entries (text or maps), an inventory, each looked up in ssh_config (_hosts)
+    hosts = read_hosts(values, raw, workspace, credentials, masker, warnings)
     seen: set[tuple[str, int, str]] = set()
     for host in hosts:
         key = (host.hostname, host.port, host.username)
         if key in seen:
             raise SettingsError(f"host {host.written!r} is listed twice", setting="host")
         seen.add(key)
-
-    # Credentials: parsed once here, kept in memory only.
-    credentials = Credentials(password=values.text("password") or None)
-    load_keys(credentials, values, workspace)
-    credentials.agent_path = environ.get("SSH_AUTH_SOCK") or None
-    if not credentials.keys and not credentials.password and not credentials.agent_path:
+    if not credentials.keys and not credentials.password and not credentials.agent_path \
+            and not all(host.credentials for host in hosts):
         raise SettingsError(
             "no credentials: set key, key_path or password, or run an ssh-agent (SSH_AUTH_SOCK)",
             setting="key",
         )
 
     # Host keys
-    fingerprints = [_pin(fingerprint, "fingerprint") for fingerprint in values.items("fingerprint")]
+    fingerprints = [pin(fingerprint, "fingerprint") for fingerprint in values.items("fingerprint")]
     known_hosts = values.text("known_hosts")
     if known_hosts:
         import asyncssh
@@ -352,18 +201,26 @@ def _build(values: _Values, raw: RawSettings, environ: dict[str, str], workspace
     strip = values.number("strip_components", minimum=0, maximum=1000)
     upload = None
     if sources:
-        if target is None:
+        if target is None and not all(host.target for host in hosts):
             raise SettingsError("sources are set but target is not", setting="target",
                                 hint="set target to the remote directory to upload into")
-        upload = collect(workspace, sources, strip, listing)
+        upload = collect(workspace, sources, strip, listing, values.flag("dereference"))
         warnings += upload.warnings
     rm = values.flag("rm")
     delete = [clean_relative(path, "delete") for path in values.items("delete")]
-    if (rm or delete) and target is None:
+    if (rm or delete) and target is None and not all(host.target for host in hosts):
         raise SettingsError("rm and delete need a target", setting="target")
-    if rm and target is not None and is_precious(target):
-        raise SettingsError(f"rm refuses to empty {target_text!r}", setting="rm",
-                            hint="deploy into a directory of its own")
+    # Spellings known here; the server resolves the rest (the home as /home/u, a link to it): rules.clearing_guard.
+    clearing = next((name for name, used in (("rm", rm), ("delete", delete), ("prune", values.flag("prune")))
+                     if used), None)
+    if clearing and target is not None and is_precious(target):
+        raise SettingsError(f"{clearing} refuses to work in target {target_text!r}: it is the login's home or a "
+                            "system directory", setting="target", hint="deploy into a directory of its own")
+    for host in hosts:
+        if clearing and host.target and is_precious(host.target):
+            raise SettingsError(f"{clearing} refuses to work in {host.label}'s target {host.target!r}: it is the "
+                                "login's home or a system directory", setting="target",
+                                hint="deploy into a directory of its own")
 
     # Commands
     def command_list(name: str) -> list[str]:
@@ -389,7 +246,7 @@ def _build(values: _Values, raw: RawSettings, environ: dict[str, str], workspace
     shared = [clean_relative(p, "shared") + ("/" if p.endswith("/") else "") for p in values.items("shared")]
     post_commands = command_list("post_commands")
     healthcheck = (values.text("healthcheck") or "").strip() or None
-    if (atomic or rollback) and target is None:
+    if (atomic or rollback) and target is None and not all(host.target for host in hosts):
         raise SettingsError("atomic releases need a target", setting="target",
                             hint="set target to the directory that will hold releases/, current and shared/")
     if not atomic and not rollback:
@@ -490,8 +347,8 @@ def _exports(envs: list[str], raw: RawSettings, environ: dict[str, str], warning
         elif name.upper() in environ:
             put(name, environ[name.upper()])
         else:
-            warnings.append(f"envs: {name} is neither a setting nor an environment variable; exported empty")
-            put(name, "")
+            # Left unset, as drone-ssh does (its users test `env | grep`): unset and empty differ to `${X-default}`.
+            warnings.append(f"envs: {name} is neither a setting nor an environment variable; left unset")
     return list(exports.items())
 
 
@@ -523,28 +380,13 @@ def _shown(raw: RawSettings, masker: Masker) -> dict[str, str]:
 # Jump hosts, rolling batches, the failure budget, connection retries and keepalives (README: "Fleets").
 
 
-@dataclass
-class JumpHop:
-    """One jump host on the way to every target, and what it is authenticated and verified with."""
-
-    host: HostSpec
-    credentials: Credentials
-    host_keys: HostKeyPolicy
-    pin_setting: str  # the setting its host keys come from, for error messages
-
-
-# Settings that mean nothing without a jump host: set alone they are a mistake worth stopping for.
-_PROXY_ONLY = ("proxy_port", "proxy_username", "proxy_password", "proxy_key", "proxy_key_path", "proxy_passphrase",
-               "proxy_fingerprint")
-
-
-def _fleet(plan: Plan, values: _Values) -> None:
+def _fleet(plan: Plan, values: Values) -> None:
     """Fill the plan's fleet fields (jumps, max_parallel, batch_size, max_failures, retries, keepalive)."""
     for name in ("proxy_password", "proxy_key", "proxy_passphrase"):
         plan.masker.add(values.text(name))
     if values.text("proxy_key"):  # a key pasted with literal \n escapes: mask its real lines too
         plan.masker.add(normalise_key_text(values.text("proxy_key") or ""))
-    plan.jumps = _jumps(plan, values)
+    plan.jumps = plan_jumps(values, plan.hosts, plan.credentials, plan.host_keys, plan.workspace, plan.masker)
     total = len(plan.hosts)
     plan.max_parallel = values.number("max_parallel", minimum=1, maximum=1000)
     if not plan.parallel:
@@ -578,57 +420,3 @@ def _share(text: str, name: str, total: int, *, at_least_one: bool) -> int:
     share = percent * total / 100
     # The 1e-9 absorbs float noise: 70% of 10 is 7.000000000000001, and must stay 7.
     return max(1, math.ceil(share - 1e-9)) if at_least_one else math.floor(share + 1e-9)
-
-
-def _jumps(plan: Plan, values: _Values) -> list[JumpHop]:
-    proxy_host = (values.text("proxy_host") or "").strip()
-    chain = values.items("jump")
-    if proxy_host and chain:
-        raise SettingsError("proxy_host and jump both name jump hosts", setting="jump",
-                            hint="list every hop in jump, in order")
-    setting, entries = ("proxy_host", [proxy_host]) if proxy_host else ("jump", chain)
-    if not entries:
-        stray = next((name for name in _PROXY_ONLY if values.has(name)), None)
-        if stray:
-            raise SettingsError(f"{stray} is set but there is no jump host", setting=stray,
-                                hint="set proxy_host (or jump for several hops), or remove it")
-        return []
-
-    if values.has("proxy_port"):
-        port = values.number("proxy_port", minimum=1, maximum=65535)
-    else:
-        port = values.number("port", minimum=1, maximum=65535)
-    username = (values.text("proxy_username") or values.text("username") or "root").strip()
-
-    credentials = plan.credentials
-    if any(values.has(name) for name in ("proxy_password", "proxy_key", "proxy_key_path")):
-        credentials = Credentials(password=values.text("proxy_password") or None,
-                                  agent_path=plan.credentials.agent_path)
-        load_keys(credentials, values, plan.workspace, prefix="proxy_")
-    elif values.has("proxy_passphrase"):
-        raise SettingsError("proxy_passphrase is set but neither proxy_key nor proxy_key_path is",
-                            setting="proxy_passphrase", hint="set proxy_key, or remove proxy_passphrase")
-
-    host_keys, pin_setting = plan.host_keys, "fingerprint / known_hosts"
-    pins = values.items("proxy_fingerprint")
-    if pins:
-        host_keys, pin_setting = HostKeyPolicy(tuple(_pin(fp, "proxy_fingerprint") for fp in pins)), \
-            "proxy_fingerprint"
-
-    hops = []
-    for entry in entries:
-        try:
-            spec = parse_host(entry, port, username)
-        except SettingsError as exc:  # parse_host speaks of `host`; this entry came from another setting
-            raise SettingsError(exc.message.replace("host ", f"{setting} ", 1), setting=setting,
-                                hint=exc.hint) from None
-        hops.append(JumpHop(spec, credentials, host_keys, pin_setting))
-    return hops
-
-
-def _pin(fingerprint: str, setting: str) -> str:
-    fp = fingerprint.strip()
-    if not fp.startswith("SHA256:"):
-        raise SettingsError(f"{setting} {fp!r} is not a SHA256 fingerprint", setting=setting,
-                            hint="copy it from `ssh-keygen -lf` or from sshipit's warning (SHA256:...)")
-    return fp.rstrip("=")

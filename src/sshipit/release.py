@@ -4,8 +4,10 @@ Layout under the target:
 
     target/
       current -> releases/<id>     the live release; replaced by an atomic rename, never edited in place
-      releases/<id>/               one directory per deploy; .sshipit-release.json records its result
-      shared/                      paths kept across releases, linked into each one
+      releases/<id>/               one directory per deploy, never another's: the id is final only once the lock
+                                   is held (final_release); .sshipit-release.json records its result
+      shared/                      paths kept across releases, linked into each one (never through a symlink
+                                   inside the release); releases/, shared/ and .sshipit/ must not be symlinks
       .sshipit/lock/               held while a deploy runs on this target (pid + owner of the holder)
 
 Every remote command is built here from quoted values and runs over the host's one connection.
@@ -14,18 +16,20 @@ Every remote command is built here from quoted values and runs over the host's o
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import json
 import posixpath
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sshipit.errors import DeployError
+from sshipit.plan import ReleaseSpec, release_stamp
 from sshipit.remote import capture
 from sshipit.rules import quote, shell_path
+from sshipit.upload import explain_remote_failure
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection, SSHClientProcess
@@ -39,46 +43,7 @@ STATE = ".sshipit"
 META = ".sshipit-release.json"
 
 OK, FAILED, PREPARING, ROLLED_BACK = "ok", "failed", "preparing", "rolled-back"
-
-
-@dataclass(frozen=True)
-class ReleaseSpec:
-    """What the new release is called and what its metadata says, decided once for all hosts."""
-
-    id: str
-    commit: str = ""
-    build: str = ""
-    repo: str = ""
-    created: str = ""
-
-    def metadata(self, result: str, **extra: str) -> str:
-        data = {"id": self.id, "commit": self.commit, "build": self.build, "repo": self.repo,
-                "created": self.created, "result": result, **extra}
-        return json.dumps(data, sort_keys=True)
-
-    def owner(self) -> str:
-        parts = [f"release {self.id}"]
-        if self.build:
-            parts.append(f"build {self.build}")
-        if self.repo:
-            parts.append(f"of {self.repo}")
-        return " ".join(parts)
-
-
-_SAFE = re.compile(r"[^0-9A-Za-z]")
-
-
-def new_release(environ: Mapping[str, str], now: float | None = None) -> ReleaseSpec:
-    """Release ids sort by time and carry the short commit: 20261123-204612.345-abc1234."""
-    now = time.time() if now is None else now
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}"
-    commit = next((environ[v] for v in ("DRONE_COMMIT_SHA", "CI_COMMIT_SHA", "GITHUB_SHA") if environ.get(v)), "")
-    short = _SAFE.sub("", commit)[:7]
-    build = next((environ[v] for v in ("DRONE_BUILD_NUMBER", "CI_PIPELINE_NUMBER", "GITHUB_RUN_NUMBER")
-                  if environ.get(v)), "")
-    repo = next((environ[v] for v in ("DRONE_REPO", "CI_REPO", "GITHUB_REPOSITORY") if environ.get(v)), "")
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return ReleaseSpec(stamp + (f"-{short}" if short else ""), commit[:64], build[:32], repo[:200], created)
+SWITCHED = "switched"  # live since the switch; its post_commands and health check never confirmed it
 
 
 @dataclass
@@ -99,6 +64,27 @@ class HostState:
         return candidates[-1] if candidates else None
 
 
+_STAMP = re.compile(r"(\d{8}-\d{6})\.(\d{3})")
+
+
+def final_release(spec: ReleaseSpec, existing: list[str]) -> ReleaseSpec:
+    """`spec` with an id that no existing release has and that sorts after all of them (ids sort by time):
+    its own, or the newest existing one's time + 1 ms, with its own commit part."""
+    stamped = sorted(name for name in existing if _STAMP.match(name))
+    if spec.id not in existing and (not stamped or spec.id > stamped[-1]):
+        return spec
+    newest = _STAMP.match(stamped[-1]) if stamped else None
+    own = _STAMP.match(spec.id)
+    millis = [int(calendar.timegm(time.strptime(m.group(1), "%Y%m%d-%H%M%S"))) * 1000 + int(m.group(2))
+              for m in (newest, own) if m is not None]
+    suffix = spec.id[own.end():] if own else "-" + spec.id
+    candidate = release_stamp((max(millis) + 1) / 1000) + suffix
+    while candidate in existing:  # only for names made by hand: ours are never equal past the newest
+        millis.append(max(millis) + 1)
+        candidate = release_stamp((max(millis) + 1) / 1000) + suffix
+    return replace(spec, id=candidate)
+
+
 class ReleaseManager:
     """Release operations on one host, over its connection."""
 
@@ -108,6 +94,7 @@ class ReleaseManager:
         self.host = host
         self.plan = plan
         self.target = plan.target
+        self.spec: ReleaseSpec = plan.release  # the new release; its id is final once lock() holds the lock
         self._holder: SSHClientProcess | None = None
 
     def path(self, *parts: str) -> str:
@@ -119,15 +106,15 @@ class ReleaseManager:
     async def _run(self, command: str, what: str, timeout: float = 60, stdin: bytes = b"") -> str:
         result = await capture(self.conn, command, timeout, stdin=stdin)
         if result.exit_status != 0:
-            from sshipit.upload import explain_remote_failure
-
             raise explain_remote_failure(self.host, self.target, result.stderr or result.stdout, what)
         return result.stdout
 
     # --------------------------------------------------------------------------------------------------- lock
 
-    async def lock(self, spec: ReleaseSpec, wait: float) -> None:
-        """Take the target's lock, waiting up to `wait` seconds for another deploy to finish.
+    async def lock(self, spec: ReleaseSpec, wait: float) -> ReleaseSpec:
+        """Take the target's lock, waiting up to `wait` seconds for another deploy to finish; then make the new
+        release's id final (self.spec, also returned): `spec`'s, unless this host already has that release or
+        a newer one (two deploys of one commit started together, a clock behind), then the newest one's + 1 ms.
 
         The lock is held by a remote shell that lives exactly as long as this connection: when the deploy ends
         it removes the lock; when a deploy crashed, its recorded pid is gone and the next deploy takes over.
@@ -146,6 +133,9 @@ class ReleaseManager:
             f'  if [ "$waited" -ge {int(wait)} ]; then echo "BUSY $(cat {lock}/owner 2>/dev/null)"; exit 75; fi; '
             "  sleep 1; waited=$((waited+1)); "
             "done; "
+            # The releases there now, for the final id; only deploys holding the lock add one.
+            f"for d in {shell_path(self.path(RELEASES))}/[0-9]*/; do "
+            "  [ -d \"$d\" ] && { n=${d%/}; printf 'RELEASE %s\\n' \"${n##*/}\"; }; done; echo READY; "
             f"cat >/dev/null; rm -rf -- {lock}"
         )
         process = await self.conn.create_process(script, encoding="utf-8")
@@ -154,10 +144,12 @@ class ReleaseManager:
             line = await asyncio.wait_for(process.stdout.readline(), wait + 60)
             if not line:
                 break
-            lines.append(line.strip())
-            if line.startswith("LOCKED"):
+            lines.append(line.rstrip("\n"))
+            if line.startswith("READY") and "LOCKED" in lines:
                 self._holder = process
-                return
+                existing = [entry[8:] for entry in lines if entry.startswith("RELEASE ")]
+                self.spec = final_release(spec, existing)
+                return self.spec
         stderr = ""
         with contextlib.suppress(Exception):  # why mkdir failed (permission denied, a full disk), if it said
             stderr = await asyncio.wait_for(process.stderr.read(), 10)
@@ -168,8 +160,6 @@ class ReleaseManager:
                 f"{self.host.label}: another deploy holds the lock on {self.target}: {busy or 'unknown'}",
                 setting="lock_timeout", hint="wait for it to finish, or raise lock_timeout", phase="release")
         if stderr.strip():
-            from sshipit.upload import explain_remote_failure
-
             error = explain_remote_failure(self.host, self.target, stderr, f"creating {self.path(STATE)}")
             error.phase = "release"
             raise error
@@ -193,6 +183,7 @@ class ReleaseManager:
             f"cd -- {shell_path(self.target)} 2>/dev/null || exit 0; "
             f"if [ -L {CURRENT} ]; then printf 'current %s\\n' \"$(readlink {CURRENT})\"; "
             f"elif [ -e {CURRENT} ]; then echo current-not-a-link; fi; "
+            f"for n in {RELEASES} {SHARED} {STATE}; do [ -L \"$n\" ] && printf 'symlink %s\\n' \"$n\"; done; "
             f"for d in {RELEASES}/*/; do [ -d \"$d\" ] || continue; "
             "n=${d%/}; n=${n##*/}; "
             f"printf 'release %s %s\\n' \"$n\" \"$(tr -d '\\n' < \"$d{META}\" 2>/dev/null)\"; done"
@@ -203,6 +194,11 @@ class ReleaseManager:
             if line == "current-not-a-link":
                 raise DeployError(f"{self.host.label}: {self.path(CURRENT)} exists and is not a symlink",
                                   setting="target", hint="move it away once; atomic deploys manage it",
+                                  phase="release")
+            if line.startswith("symlink "):  # what is removed below it would be removed somewhere else
+                raise DeployError(f"{self.host.label}: {self.path(line[8:])} is a symlink; sshipit keeps and "
+                                  "removes releases only in directories of the target's own", setting="target",
+                                  hint="make it a directory (move its contents there) or deploy elsewhere",
                                   phase="release")
             if line.startswith("current "):
                 state.current = posixpath.basename(line[8:].rstrip("/"))
@@ -260,26 +256,57 @@ class ReleaseManager:
         )
 
     async def link_shared(self, release_id: str, shared: list[str]) -> None:
-        """Link each shared path into the release; seed shared/ from the release the first time."""
+        """Link each shared path into the release.
+
+        A path shared/ has is linked as it is. One shared/ lacks is taken from the release (a file or a
+        directory, moved into shared/: the first deploy seeds it), or, when the release lacks it too, made an
+        empty directory (as Capistrano and Deployer do); a trailing "/" says it must be a directory. Nothing
+        is resolved through a symlink inside the release (the build's `storage -> /some/dir` would make
+        `storage/logs` someone else's directory): every check runs before anything is moved.
+        """
         if not shared:
             return
         release = self.path(RELEASES, release_id)
-        steps = []
-        for entry in shared:
-            is_dir_hint = entry.endswith("/")
+        checks, steps = [], []
+        for index, entry in enumerate(shared):
             name = entry.rstrip("/")
+            parts = name.split("/")
             in_release = shell_path(posixpath.join(release, name))
             in_shared = shell_path(self.path(SHARED, name))
+            for depth in range(1, len(parts)):
+                way = shell_path(posixpath.join(release, *parts[:depth]))
+                checks.append(f"if [ -L {way} ]; then printf 'THROUGH {index} {depth} %s\\n' "
+                              f"\"$(readlink {way} | tr -d '\\n')\"; exit 3; fi")
+            if entry.endswith("/"):
+                checks.append(f"if [ ! -e {in_shared} ] && [ -e {in_release} ] && [ ! -L {in_release} ] && "
+                              f"[ ! -d {in_release} ]; then echo 'NOTDIR {index}'; exit 3; fi")
             relative = "../" * (name.count("/") + 2) + posixpath.join(SHARED, name)
-            create = f"mkdir -p -- {in_shared}" if is_dir_hint else f": > {in_shared}"
             steps.append(
                 f"mkdir -p -- \"$(dirname -- {in_shared})\" \"$(dirname -- {in_release})\" && "
                 f"if [ ! -e {in_shared} ] && [ ! -L {in_shared} ]; then "
                 f"  if [ -e {in_release} ] && [ ! -L {in_release} ]; then mv -- {in_release} {in_shared}; "
-                f"  else {create}; fi; fi && "
+                f"  else mkdir -- {in_shared}; fi; fi && "
                 f"rm -rf -- {in_release} && ln -s -- {quote(relative)} {in_release}"
             )
-        await self._run(" && ".join(steps), "linking shared paths")
+        result = await capture(self.conn, "; ".join([*checks, " && ".join(steps)]), 60)
+        refused = [line for line in result.stdout.splitlines() if line.startswith(("THROUGH ", "NOTDIR "))]
+        if result.exit_status == 3 and refused:
+            word, index_text, *rest = refused[0].split(" ", 3)
+            entry = shared[int(index_text)]
+            if word == "NOTDIR":
+                raise DeployError(f"{self.host.label}: shared path {entry} must be a directory (it ends with /), "
+                                  "but the build has a file there", setting="shared",
+                                  hint="remove the trailing / to share the file, or fix the build",
+                                  phase="release")
+            link = "/".join(entry.rstrip("/").split("/")[: int(rest[0])])
+            raise DeployError(
+                f"{self.host.label}: shared path {entry} goes through {link}, a symlink in the release "
+                f"(-> {rest[1] if len(rest) > 1 else '?'}); shared paths are never resolved through a symlink",
+                setting="shared", hint=f"make {link} a directory in the build, or share {link} itself",
+                phase="release")
+        if result.exit_status != 0:
+            raise explain_remote_failure(self.host, self.target, result.stderr or result.stdout,
+                                         "linking shared paths")
 
     async def discard(self, release_id: str) -> None:
         await self._run(f"rm -rf -- {shell_path(self.path(RELEASES, release_id))} "
@@ -287,16 +314,26 @@ class ReleaseManager:
 
     # ------------------------------------------------------------------------------------------------- switch
 
-    async def switch(self, release_id: str | None) -> None:
-        """Point `current` at the release with one rename; None removes `current` (back to no release)."""
+    async def switch(self, release_id: str | None, spec: ReleaseSpec | None = None) -> None:
+        """Point `current` at the release with one rename; None removes `current` (back to no release).
+
+        With `spec` (the new release's), its metadata says SWITCHED from the same command: success means both,
+        and a deploy that loses its connection after the switch leaves a live release that says so, not
+        "preparing". The metadata is written aside first (the step that needs space) and renamed in after.
+        """
         current = shell_path(self.path(CURRENT))
         if release_id is None:
             await self._run(f"rm -f -- {current}", "removing current")
             return
         temporary = shell_path(self.path(f".{CURRENT}.{release_id}"))
         link = quote(posixpath.join(RELEASES, release_id))
-        await self._run(f"ln -sfn -- {link} {temporary} && mv -fT -- {temporary} {current}",
-                        "switching current")
+        command = f"ln -sfn -- {link} {temporary} && mv -fT -- {temporary} {current}"
+        if spec is not None and spec.id == release_id:
+            meta = shell_path(self.path(RELEASES, release_id, META))
+            command = (f"printf '%s\\n' {quote(spec.metadata(SWITCHED))} > {meta}.new && "
+                       f"{{ {command} || {{ rm -f -- {meta}.new; exit 1; }}; }} && "
+                       f"{{ mv -f -- {meta}.new {meta} || true; }}")
+        await self._run(command, "switching current")
 
     async def prune(self, state: HostState, keep: int, live: str, previous: str | None) -> list[str]:
         """Remove releases beyond the newest `keep`; never the live one or the one before it."""

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
 
 PROBE_MARK = "sshipit-probe-ok"
+PROBE_END = "sshipit-probe-end"
 _PROBE = (
     f"printf '%s\\n' {PROBE_MARK}; "
     "if tar --version 2>/dev/null | grep -q 'GNU tar'; then echo tar=gnu; "
@@ -60,22 +61,49 @@ async def capture(conn: SSHClientConnection, command: str, timeout: float, stdin
 
 async def probe(conn: SSHClientConnection, timeout: float) -> ServerTraits:
     """One round trip that tells whether commands can run and which tar extracts our stream."""
+    return (await probe_then(conn, timeout, None)).traits
+
+
+@dataclass
+class Probed:
+    traits: ServerTraits
+    after: bytes | None  # the output of the read-only command run after the probe (None: not run, or no shell)
+    exit_status: int | None  # that command's
+    gzip: bool  # `after` is gzipped
+
+
+async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None) -> Probed:
+    """The probe and, in the same exec (one round trip for both), the read-only command `then`, whose output
+    comes back gzipped where the server has gzip. `then` is built by the caller with every value quoted."""
     import asyncssh
 
+    command = _PROBE
+    if then is not None:
+        # In a subshell either way: `then` may exit or change directory. The probe's own lines come first and
+        # are ours alone, so the first end mark is the boundary whatever `then` prints.
+        command += (f"; printf '%s\\n' {PROBE_END}; if command -v gzip >/dev/null 2>&1; "
+                    f"then {{ {then}; }} | gzip -1c; else ( {then} ); fi")
+    no_shell = Probed(ServerTraits(shell=False, tar="none"), None, None, False)
     try:
-        result = await capture(conn, _PROBE, timeout)
+        result = await capture(conn, command, timeout)
     except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
-        return ServerTraits(shell=False, tar="none")
-    if PROBE_MARK not in result.stdout:
-        return ServerTraits(shell=False, tar="none")
+        return no_shell
+    head, after = result.raw, None
+    if then is not None:
+        head, found, rest = result.raw.partition(f"\n{PROBE_END}\n".encode())
+        after = rest if found else None
+    text = head.decode("utf-8", "replace")
+    if PROBE_MARK not in text:
+        return no_shell
     tar = "none"
     tools = set()
-    for line in result.stdout.splitlines():
+    for line in text.splitlines():
         if line.startswith("tar="):
             tar = line[4:].strip()
         elif line.startswith("has="):
             tools.add(line[4:].strip())
-    return ServerTraits(shell=True, tar=tar, tools=frozenset(tools))
+    return Probed(ServerTraits(shell=True, tar=tar, tools=frozenset(tools)), after, result.exit_status,
+                  "gzip" in tools)
 
 
 def on_this_machine(conn: SSHClientConnection) -> bool:

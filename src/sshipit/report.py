@@ -1,7 +1,9 @@
 """What people read: live lines per host, warnings, errors, and the final summary.
 
-Owns the console. Every line goes through the secret masker; with more than one host each line carries the
-host's name. Nothing else in sshipit prints (ci_report writes the CI's own files and its card through here).
+Owns the console. Every line goes through the secret masker and is made inert for a CI (rules.neutralise: no
+server's text or file name becomes a workflow command, an escape sequence or a second line); with more than one
+host each line carries the host's name. Nothing else in sshipit prints (ci_report writes the CI's own files and
+its card through here).
 
 Each host's work is told in phases (`connect:`, `upload:`, `commands:`, `release:`, `switch:`, `health:`), each
 line with its duration; errors read `error: <host>: <phase>: what [setting: X]; hint`. Colour only on a
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from sshipit.rules import Masker
+from sshipit.rules import Masker, is_blank, neutralise
 
 if TYPE_CHECKING:
     from sshipit.commands import CommandsResult
@@ -42,6 +44,7 @@ _SETTING_HINT = {"commands": "the command's output above shows why",
                  "post_commands": "the command's output above shows why",
                  "healthcheck": "the health check's output above shows why"}
 FALLBACK_HINT = "see docs/errors.md for this error and its fix"
+UNKNOWN = "unknown"  # HostResult.release when nobody can tell where `current` points
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -126,6 +129,8 @@ class HostResult:
     commands: CommandsResult | None = None
     skipped: bool = False
     collateral: bool = False  # failed only because another host failed
+    # Atomic: the release `current` points to after this deploy, failed hosts included (when it is the new one,
+    # or UNKNOWN: the connection was lost while it was being switched); None: the previous one stays.
     release: str | None = None
     tolerated: bool = False  # failed, but within max_failures: does not fail the step
 
@@ -136,6 +141,18 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} GB"
+
+
+def ran_text(commands: list[str]) -> str:
+    """What ran, counted as the user wrote it: `ran 2 commands`, a block `ran a script of 3 lines`, a mix
+    `ran 2 commands (5 lines)`. Blank lines are not counted."""
+    lines = sum(1 for command in commands for line in command.split("\n") if line.strip())
+    count = len(commands)
+    if lines <= count:
+        return f"ran {count} command{'s' if count != 1 else ''}"
+    if count == 1:
+        return f"ran a script of {lines} lines"
+    return f"ran {count} commands ({lines} lines)"
 
 
 class Console:
@@ -155,11 +172,18 @@ class Console:
         self._emit(stream, [(text, style)])
 
     def _emit(self, stream: TextIO, pieces: list[tuple[str, str | None]]) -> None:
-        """One line made of pieces, each masked and, on a terminal, painted in its style."""
+        """One line made of pieces, each masked, made inert for a CI (rules.neutralise: a server's text or a
+        file name never becomes a workflow command, an escape sequence or a second line) and, on a terminal,
+        painted in its style."""
         if self.colour_out if stream is self.out else self.colour_err:
-            line = "".join(_paint(self.masker(text), style) for text, style in pieces) + "\n"
+            shown, start = [], True
+            for text, style in pieces:
+                text = neutralise(self.masker(text), start)
+                start = start and is_blank(text)
+                shown.append(_paint(text, style))
+            line = "".join(shown) + "\n"
         else:
-            line = self.masker("".join(text for text, _ in pieces)) + "\n"
+            line = neutralise(self.masker("".join(text for text, _ in pieces))) + "\n"
         self._erase_bar()
         self._put(stream, line)
         self._draw_bar()
@@ -208,7 +232,14 @@ class Console:
             self._write(self.out, tag + "> " + more, "command")
 
     def info(self, text: str, host: HostSpec | None = None) -> None:
+        """One line: a newline inside `text` (a file name's) is shown as `\\n`, never starts another line."""
         self._write(self.out, self._tag(host) + text)
+
+    def block(self, title: str, text: str, host: HostSpec | None = None) -> None:
+        """A title line, then `text` line by line (the remote script with debug: true)."""
+        self.info(title, host)
+        for line in text.split("\n"):
+            self._write(self.out, self._tag(host) + line)
 
     def phase(self, host: HostSpec, name: str, text: str, seconds: float | None = None) -> None:
         """A phase of a host's work is done: `connect: connected to ... (0.05s)`."""
@@ -296,14 +327,19 @@ class Console:
             pad = cells[0][len(row[0]):]  # painted: the word, not its padding
             self._emit(self.out, [("  ", None), (row[0], tone), ((pad + "  " + "  ".join(cells[1:])).rstrip(), None)])
         if self.atomic and any(not r.ok for r in results):
-            new = [r for r in results if r.ok]
-            old = [r for r in results if not r.ok]
+            new = [r for r in results if r.release and r.release != UNKNOWN]
+            unknown = [r for r in results if r.release == UNKNOWN]
+            old = [r for r in results if not r.release]
             ids = ", ".join(sorted({r.release for r in new if r.release}))
             if new:
                 self.info(f"release {ids} is live on {len(new)} host{'s' if len(new) != 1 else ''}: "
                           f"{', '.join(r.host.label for r in new)}")
-            self.info(f"the previous release stays on {len(old)} host{'s' if len(old) != 1 else ''}: "
-                      f"{', '.join(r.host.label for r in old)}")
+            if unknown:
+                self.info(f"current is unknown on {len(unknown)} host{'s' if len(unknown) != 1 else ''} (the "
+                          f"connection was lost while it was switched): {', '.join(r.host.label for r in unknown)}")
+            if old:
+                self.info(f"the previous release stays on {len(old)} host{'s' if len(old) != 1 else ''}: "
+                          f"{', '.join(r.host.label for r in old)}")
 
 
 def _paint(text: str, style: str | None) -> str:

@@ -13,27 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import posixpath
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sshipit.commands import build_script, run_commands
 from sshipit.connect import connect
-from sshipit.errors import DeployError
+from sshipit.dryrun import dry_run
+from sshipit.errors import DeployError, local_cause, local_file_error
 from sshipit.manifest import (
     Manifest,
     compare,
+    parse_server,
     plain_manifest_key,
     read_server,
     seed_removals,
+    server_script,
     user_manifest_path,
     write_manifest,
 )
-from sshipit.plan import HostSpec, Plan
-from sshipit.release import CURRENT, FAILED, OK, RELEASES, ROLLED_BACK, SHARED, ReleaseManager
-from sshipit.remote import probe
-from sshipit.report import Console, HostResult, error_line, human_bytes
-from sshipit.upload import ManifestOut, Progress, UploadStats, remove_paths, upload_sftp, upload_tar
+from sshipit.plan import HostSpec, Plan, ReleaseSpec
+from sshipit.release import CURRENT, FAILED, OK, RELEASES, ROLLED_BACK, ReleaseManager
+from sshipit.remote import probe_then
+from sshipit.report import UNKNOWN, Console, HostResult, error_line, human_bytes, ran_text
+from sshipit.sftp import upload_sftp
+from sshipit.upload import ManifestOut, Progress, UploadStats, remove_paths, upload_tar
+from sshipit.wire import keep_spare
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
@@ -94,6 +100,8 @@ async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet
     import asyncssh
 
     fleet = fleet or single_fleet(True, 1)
+    if host.target is not None and host.target != plan.target:  # its own target (inventory, host map)
+        plan = dataclasses.replace(plan, target=host.target)
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = HostResult(host=host, ok=False, seconds=0.0)
@@ -101,6 +109,9 @@ async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet
         try:
             await _deploy_host(host, plan, console, fleet, result)
         except (TimeoutError, asyncssh.Error, OSError) as exc:
+            local = local_cause(exc)
+            if local is not None:  # a file on this machine could not be read: which, and why; not the network
+                raise local_file_error(local.filename, local, phase=result.phase) from exc
             # A stage met a dead connection outside its own error handling: say where, not how.
             what = f"{type(exc).__name__}: {exc}" if plan.debug else "the connection was lost"
             raise DeployError(f"{host.label}: {what} during {result.phase or 'the deploy'}", setting="host",
@@ -131,9 +142,11 @@ async def _deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Flee
     console.phase(host, "connect", f"connected to {host.hostname}:{host.port} as {host.username}"
                   f"{' (host key verified)' if connected.pinned else ''}", connected.seconds)
     async with connected.conn as conn:
+        if plan.upload is not None or plan.atomic or plan.rm or plan.delete:
+            keep_spare(conn)  # several commands follow each other: each finds its channel open (wire.py)
         if plan.dry_run:
             async with fleet.work:
-                await _dry_run(conn, host, plan, console)
+                await dry_run(conn, host, plan, console)
         elif plan.atomic:
             await _atomic(conn, host, plan, console, result, fleet)
         else:
@@ -148,7 +161,16 @@ async def _upload(
 ) -> str:
     """Send what must travel; returns the directory it went into (for atomic deploys, the new release)."""
     result.phase = "upload"
-    traits = await probe(conn, plan.connect_timeout)
+    # What the incremental comparison reads (the manifest and listing of the live files) is read-only: it goes
+    # in the probe's exec, one round trip for both.
+    reading: tuple[str, str] | None = None
+    if releases is not None:
+        if live is not None and plan.incremental:
+            reading = (releases.path(RELEASES, live), releases.manifest_path(live))
+    elif (plan.incremental or plan.prune) and not plan.rm:
+        reading = (dest, user_manifest_path(plain_manifest_key(dest)))
+    probed = await probe_then(conn, plan.connect_timeout, server_script(*reading) if reading else None)
+    traits = probed.traits
     entries = plan.upload.entries if plan.upload is not None else []
     if not traits.shell or (traits.tar == "none" and releases is not None):
         if plan.commands or releases is not None:
@@ -159,6 +181,7 @@ async def _upload(
                 setting="atomic" if releases is not None else "commands",
                 hint="give the user a shell with tar, or deploy plain files without commands", phase="upload")
         console.info("the account has no shell: uploading over SFTP", host)
+        _sftp_prune_warning(console, host, plan)
         progress = Progress.of(entries)
         async with console.progress(host, progress):
             result.upload = await upload_sftp(conn, host, plan, entries, progress=progress)
@@ -166,6 +189,7 @@ async def _upload(
         return dest
     if traits.tar == "none":
         console.info("the server has no tar: uploading over SFTP", host)
+        _sftp_prune_warning(console, host, plan)
         progress = Progress.of(entries)
         async with console.progress(host, progress):
             result.upload = await upload_sftp(conn, host, plan, entries, dest=dest, progress=progress)
@@ -175,20 +199,20 @@ async def _upload(
     # Incremental: compare with the manifest of what is there (the live release, for atomic deploys).
     view = None
     gzip = "gzip" in traits.tools  # the manifest and the server's listing travel compressed
-    if releases is not None:
-        if live is not None and plan.incremental:
-            view = await read_server(conn, releases.path(RELEASES, live), releases.manifest_path(live),
-                                     plan.connect_timeout, gzip)
-    elif (plan.incremental or plan.prune) and not plan.rm:
-        view = await read_server(conn, dest, user_manifest_path(plain_manifest_key(dest)), plan.connect_timeout,
-                                 gzip)
+    if reading is not None:
+        if probed.after is not None:
+            view = parse_server(probed.after, probed.exit_status, probed.gzip)
+        else:  # the probe's answer was cut short: read again, on its own
+            view = await read_server(conn, *reading, plan.connect_timeout, gzip)
+    if view is not None and view.problem:  # the file is the login's to write: never trusted, never fatal
+        console.warn(f"the manifest of the last deploy is unusable ({view.problem}): uploading everything", host)
     delta = compare(entries, view, plan.delete if releases is None else ())
     send = delta.send if plan.incremental else entries
     if releases is not None:
         seeded = view is not None and view.manifest is not None
         removals = seed_removals(entries, delta, view) if seeded and view is not None else None
-        dest = await releases.create(plan.release, seed=live if seeded else None, removals=removals)
-        manifest_path = releases.manifest_path(plan.release.id)
+        dest = await releases.create(releases.spec, seed=live if seeded else None, removals=removals)
+        manifest_path = releases.manifest_path(releases.spec.id)
     else:
         manifest_path = user_manifest_path(plain_manifest_key(dest))
     old_manifest = view.manifest if view is not None else None
@@ -232,8 +256,15 @@ async def _upload(
     return dest
 
 
+def _sftp_prune_warning(console: Console, host: HostSpec, plan: Plan) -> None:
+    if plan.prune:  # said, not silently ignored: SFTP keeps no manifest, so it cannot know which files were ours
+        console.warn("prune is not possible over SFTP (no manifest is kept there): files that left the build stay",
+                     host)
+
+
 def _report_upload(console: Console, host: HostSpec, stats: UploadStats, dest: str) -> None:
-    text = f"uploaded {stats.files} files ({human_bytes(stats.bytes)}) to {dest} over {stats.method}"
+    text = (f"uploaded {stats.files} files ({human_bytes(stats.bytes)}) to {dest} over {stats.method}, "
+            f"{human_bytes(stats.wire_bytes or stats.bytes)} sent")
     if stats.skipped_files:
         text += f"; {stats.skipped_files} unchanged files ({human_bytes(stats.skipped_bytes)}) not sent"
     if stats.removed:
@@ -241,102 +272,44 @@ def _report_upload(console: Console, host: HostSpec, stats: UploadStats, dest: s
     console.phase(host, "upload", text, stats.seconds)
 
 
-async def _dry_run(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console) -> None:
-    """Say what a deploy would do, reading the server only: no lock, no directory, no manifest is written."""
-
-    def say(text: str) -> None:
-        console.info("plan: " + text, host)
-
-    def listing(names: list[str], limit: int = 20) -> None:
-        for name in names[:limit]:
-            console.info(f"        {name}", host)
-        if len(names) > limit:
-            console.info(f"        ... and {len(names) - limit} more", host)
-
-    entries = plan.upload.entries if plan.upload is not None else []
-    traits = await probe(conn, plan.connect_timeout) if entries or plan.atomic else None
-    if traits is not None and not traits.shell and (plan.commands or plan.atomic):
-        raise DeployError(f"{host.label}: the account accepts SFTP only, so this deploy would fail",
-                          setting="commands", phase="plan")
-    if plan.atomic:
-        assert plan.target is not None
-        releases = ReleaseManager(conn, host, plan)
-        state = await releases.state()
-        old = state.current
-        if plan.rollback:
-            back = state.previous_good()
-            say(f"would switch current from {old or 'none'} back to {back or 'nothing (no earlier good release)'}")
-        else:
-            view = None
-            if entries and old is not None and plan.incremental:
-                view = await read_server(conn, releases.path(RELEASES, old), releases.manifest_path(old),
-                                         plan.connect_timeout)
-            delta = compare(entries, view)
-            send = [e for e in delta.send if e.kind == "file"]
-            seed = f", starting from a copy of {old}" if view is not None and view.manifest is not None else ""
-            say(f"would create release {plan.release.id} in {releases.path(RELEASES)}{seed}")
-            if entries:
-                say(f"would upload {len(send)} files ({human_bytes(sum(e.size for e in send))}); "
-                    f"{delta.skipped_files} unchanged files not sent")
-                listing([e.name for e in send])
-            for path in plan.shared:
-                say(f"would link {path.rstrip('/')} -> {releases.path(SHARED, path.rstrip('/'))}")
-            say(f"would switch current from {old or 'none'} to {plan.release.id}")
-            kept = sorted([r.id for r in state.releases] + [plan.release.id])
-            doomed = [n for n in kept[: max(0, len(kept) - plan.keep_releases)] if n not in (old, plan.release.id)]
-            if doomed:
-                say(f"would prune {len(doomed)} old releases: {', '.join(doomed)}")
-    elif entries or plan.rm or plan.delete:
-        dest = plan.target or "."
-        view = None
-        if (plan.incremental or plan.prune) and not plan.rm and traits is not None and traits.shell:
-            view = await read_server(conn, dest, user_manifest_path(plain_manifest_key(dest)), plan.connect_timeout)
-        if plan.rm:
-            say(f"would empty {dest} (rm: its contents, not the directory)")
-        for path in plan.delete:
-            say(f"would remove {posixpath.join(dest, path)}")
-        delta = compare(entries, view, plan.delete)
-        send = [e for e in (delta.send if plan.incremental else entries) if e.kind == "file"]
-        say(f"would upload {len(send)} files ({human_bytes(sum(e.size for e in send))}) to {dest}; "
-            f"{delta.skipped_files if plan.incremental else 0} unchanged files not sent")
-        listing([e.name for e in send])
-        if plan.prune and delta.stale:
-            say(f"would prune {len(delta.stale)} stale files")
-            listing(delta.stale)
-    for label, commands in (("commands", plan.commands), ("post_commands", plan.post_commands)):
-        if commands:
-            say(f"would run {label}:")
-            for command in commands:
-                console.command(host, command, "        ")
-    if plan.healthcheck:
-        say(f"would check health with: {plan.healthcheck}")
-    say("nothing was changed")
-
-
 async def _commands(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, commands: list[str], cwd: str | None,
     setting: str, timeout: float | None = None, label: str = "",
 ) -> None:
     if plan.debug:
-        console.info("remote script:\n" + build_script(plan, "NONCE", commands, cwd), host)
-    outcome = await run_commands(
-        conn, host, plan, commands, cwd,
-        emit=lambda line: console.output(host, label + line),
-        show_command=lambda n: console.command(host, commands[n - 1], label),
-        timeout=timeout,
-    )
+        console.block("remote script:", build_script(plan, "NONCE", commands, cwd), host)
+    try:
+        outcome = await run_commands(
+            conn, host, plan, commands, cwd,
+            emit=lambda line: console.output(host, label + line),
+            show_command=lambda n: console.command(host, commands[n - 1], label),
+            timeout=timeout,
+        )
+    except DeployError as exc:
+        exc.phase = setting  # which run it was (post_commands, the health check), not just "commands"
+        raise
     if outcome.timed_out:
         limit = plan.command_timeout if timeout is None else timeout
+        what, hint = " and was stopped", "raise the timeout or make the command end"
+        if outcome.unstopped:  # never claim a stop the server did not confirm
+            what = f"; {outcome.unstopped}, so whether it is still running is unknown"
+            hint = "check the server (and that command) before deploying again"
+            if not conn.is_closed():
+                # A run that may still go on (most often: a server that stopped answering, where every later step,
+                # clean-up or switching back, would only wait for the keepalives to give up): nothing more is done
+                # on this host. It is given up now, and its error says what is known.
+                conn.abort()
+                with contextlib.suppress(Exception):  # closed for every later step's check, not "soon"
+                    await asyncio.wait_for(conn.wait_closed(), 2)
         raise DeployError(
-            f"{host.label}: {setting} did not finish within {limit:g}s and was stopped",
+            f"{host.label}: {setting} did not finish within {_seconds(limit)}s{what}",
             setting="command_timeout" if setting != "healthcheck" else "healthcheck_timeout",
-            hint="raise the timeout or make the command end", phase=setting, exit_status=outcome.exit_status)
+            hint=hint, phase=setting, exit_status=outcome.exit_status)
     if outcome.exit_status != 0:
-        raise DeployError(_failure_text(host, commands, outcome.failed, outcome.exit_status, setting),
+        raise DeployError(_failure_text(host, commands, outcome.failed, outcome.exit_status, setting, outcome.lines),
                           setting=setting, phase=setting, exit_status=outcome.exit_status)
     if setting != "healthcheck":  # the health check tells its outcome once, after its retries
-        console.phase(host, setting, f"ran {len(commands)} command{'s' if len(commands) != 1 else ''}",
-                      outcome.seconds)
+        console.phase(host, setting, ran_text(commands), outcome.seconds)
 
 
 async def _plain(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult) -> None:
@@ -365,7 +338,9 @@ async def _atomic_locked(
     releases: ReleaseManager, conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console,
     result: HostResult, fleet: Fleet,
 ) -> None:
-    spec = plan.release
+    import asyncssh
+
+    spec = releases.spec  # final: the lock is held
     new_id: str | None = None
     clock = asyncio.get_running_loop().time
     began = clock()  # for the release phase's duration
@@ -396,7 +371,7 @@ async def _atomic_locked(
                 if plan.commands:
                     result.phase = "commands"
                     await _commands(conn, host, plan, console, plan.commands, directory, "commands")
-            except DeployError:
+            except (DeployError, TimeoutError, asyncssh.Error, OSError):  # a local error too: nothing is left
                 await _quietly(releases.discard(new_id))
                 raise
             console.phase(host, "release", f"release {new_id} prepared", clock() - began)
@@ -412,12 +387,17 @@ async def _atomic_locked(
     result.phase = "switch"
     async with fleet.work:
         began = clock()
-        await releases.switch(new_id)
+        await _switch(releases, conn, host, result, new_id, old, None if plan.rollback else spec)
+        result.release = new_id  # live now, whatever happens next
         console.phase(host, "switch", f"current -> {RELEASES}/{new_id} (was {old or 'none'})", clock() - began)
         try:
             await _after_switch(conn, host, plan, console)
         except DeployError as exc:
             problem = exc
+        except (TimeoutError, asyncssh.Error, OSError) as exc:
+            problem = DeployError(f"{host.label}: the connection was lost after the switch", setting="host",
+                                  phase="post_commands" if plan.post_commands else "health")
+            problem.__cause__ = exc
     fleet.arrive("healthy", host, problem is None)
     all_healthy = await fleet.healthy.wait()
     if problem is not None or not all_healthy:
@@ -426,8 +406,23 @@ async def _atomic_locked(
                 raise problem
             raise Collateral(f"{host.label}: rolled back to {new_id}, but {', '.join(fleet.healthy.failed)} "
                              "failed", phase="health")
+        reason = problem or Collateral(f"{host.label}: {', '.join(fleet.healthy.failed)} failed after the switch",
+                                       phase="health")
+        if conn.is_closed():
+            # Nothing can be switched back over a connection that is gone: say that the new release is live
+            # (its metadata says so too: SWITCHED), never that the previous one stays.
+            reason.message += f"; current still points to {new_id}: the connection is gone, so it was not " \
+                              "switched back"
+            reason.hint = reason.hint or "check the server, then deploy again or roll back"
+            raise reason
         async with fleet.work:
-            await releases.switch(old)
+            try:
+                await _switch(releases, conn, host, result, old, new_id)
+            except DeployError as exc:
+                reason.message += "; " + exc.message.removeprefix(f"{host.label}: ")
+                reason.hint = exc.hint
+                raise reason from exc
+            result.release = None  # the previous release is live again
             await _quietly(releases.mark(new_id, spec, FAILED))
             console.info(f"current -> {f'{RELEASES}/{old}' if old else 'removed'} (switched back from {new_id})",
                          host)
@@ -451,6 +446,33 @@ async def _atomic_locked(
             if pruned:
                 console.info(f"pruned {len(pruned)} old release{'s' if len(pruned) > 1 else ''}", host)
         result.release = new_id
+
+
+async def _switch(releases: ReleaseManager, conn: SSHClientConnection, host: HostSpec, result: HostResult,
+                  to: str | None, was: str | None, spec: ReleaseSpec | None = None) -> None:
+    """Point `current` at `to` (None: no release); the caller then says in `result.release` what is live.
+
+    A switch command that ran and failed leaves `current` as it was; one whose answer never came (the connection
+    was lost meanwhile) may or may not have renamed it: UNKNOWN, said so, never guessed. `spec`: the new
+    release's, whose metadata then says it is live (ReleaseManager.switch)."""
+    import asyncssh
+
+    target = f"{RELEASES}/{to}" if to else "no release"
+    if conn.is_closed():  # nothing was sent
+        raise DeployError(f"{host.label}: the connection was lost before current could be switched to {target}",
+                          setting="host", hint="check the network and the server", phase="switch")
+    try:
+        await releases.switch(to, spec)
+    except (DeployError, TimeoutError, asyncssh.Error, OSError) as exc:
+        if isinstance(exc, DeployError) and not conn.is_closed():  # it ran, and failed: nothing changed
+            exc.message += f"; current still points to {f'{RELEASES}/{was}' if was else 'no release'}"
+            exc.phase = "switch"
+            raise
+        result.release = UNKNOWN
+        raise DeployError(
+            f"{host.label}: the connection was lost while current was switched to {target}: it may point there "
+            f"or still to {f'{RELEASES}/{was}' if was else 'no release'}", setting="host",
+            hint=f"look where {releases.path(CURRENT)} points before deploying again", phase="switch") from exc
 
 
 async def _after_switch(conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console) -> None:
@@ -478,12 +500,17 @@ async def _health(conn: SSHClientConnection, host: HostSpec, plan: Plan, console
                           plan.healthcheck_timeout - (deadline - loop.time()))
             return
         except DeployError as exc:
-            if loop.time() + 2 >= deadline:
+            if loop.time() + 2 >= deadline or conn.is_closed():  # no retry over a connection that is gone
                 exc.message = f"{host.label}: health check failed after {attempt} attempts: " + \
                     exc.message.removeprefix(f"{host.label}: ")
                 exc.setting = "healthcheck"
                 raise
         await asyncio.sleep(2)
+
+
+def _seconds(value: float) -> str:
+    """5, 600, 3600 or 5.9: a limit as people write it (a health check attempt gets what is left of its time)."""
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
 
 
 async def _quietly(awaitable: object) -> None:
@@ -496,15 +523,22 @@ async def _quietly(awaitable: object) -> None:
 
 
 def _failure_text(host: HostSpec, commands: list[str], failed: list[tuple[int, int]], status: int,
-                  setting: str) -> str:
+                  setting: str, lines: dict[int, int] | None = None) -> str:
+    """`command 2 `make` exited with status 2`; in a command of several lines, the line that failed (where the
+    shell told it): `command 1, line 3 `npm ci` exited with status 1`."""
     if not failed:
         return f"{host.label}: {setting} exited with status {status}"
     parts = []
     for number, code in failed:
-        first_line = commands[number - 1].strip().split("\n")[0]
-        if len(first_line) > 60:
-            first_line = first_line[:57] + "..."
+        line = (lines or {}).get(number)
+        written = commands[number - 1]
+        if line is not None and "\n" in written.strip():
+            where, shown = f", line {line}", written.split("\n")[line - 1].strip()
+        else:
+            where, shown = "", written.strip().split("\n")[0]
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
         what = "command" if setting == "commands" else setting.replace("_", " ").rstrip("s")
-        parts.append(f"{what} {number} `{first_line}` exited with status {code}")
+        parts.append(f"{what} {number}{where} `{shown}` exited with status {code}")
     return f"{host.label}: " + "; ".join(parts)
 

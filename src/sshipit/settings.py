@@ -11,7 +11,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sshipit.errors import SettingsError
 
@@ -40,6 +40,17 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("username", "str", "login name where a host entry names none", "root", aliases=("user",),
             group="connection"),
     Setting("timeout", "duration", "connect timeout (30s, 2m, or seconds)", "30s", group="connection"),
+    Setting("inventory", "str", "an Ansible inventory file of the repository (INI or YAML) whose hosts are "
+            "deployed to, with their ansible_host, ansible_port, ansible_user, ansible_ssh_private_key_file and "
+            "sshipit_target", group="connection"),
+    Setting("limit", "str", "which inventory hosts: groups, host names or patterns as in Ansible's --limit "
+            "(web, web:&eu, all:!db3)", "all", aliases=("group",), group="connection"),
+    Setting("ssh_config", "str", "an OpenSSH client config file of the repository (Host blocks: HostName, User, "
+            "Port, IdentityFile, ProxyJump, ProxyCommand, ForwardAgent); ~/.ssh/config is never read",
+            group="connection"),
+    Setting("forward_agent", "bool", "forward the ssh-agent (SSH_AUTH_SOCK) to the commands, e.g. for git pull; "
+            "a risk: root on the server can use your keys while the deploy runs (default: off, or the "
+            "ssh_config's ForwardAgent)", aliases=("ssh_forward_agent",), group="authentication"),
     # Who we are
     Setting("password", "secret", "password for password authentication", group="authentication"),
     Setting("key", "secret", "private key text (RSA, ECDSA, Ed25519; PEM or OpenSSH; encrypted or not)",
@@ -57,6 +68,8 @@ CATALOGUE: tuple[Setting, ...] = (
             "excludes", aliases=("source",), group="upload"),
     Setting("strip_components", "int", "drop this many leading path parts of each uploaded path", "0",
             group="upload"),
+    Setting("dereference", "bool", "upload what symlinks point to (inside the workspace only) instead of the "
+            "links themselves", "false", aliases=("tar_dereference",), group="upload"),
     Setting("rm", "bool", "empty the target's contents (never the directory itself) before upload", "false",
             group="upload"),
     Setting("delete", "list", "paths relative to target to remove before upload", group="upload"),
@@ -79,8 +92,9 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("atomic", "bool", "deploy as a new release in target/releases/<id> and switch target/current to it "
             "at once", "false", group="releases"),
     Setting("keep_releases", "int", "how many releases to keep on each host", "5", group="releases"),
-    Setting("shared", "list", "paths kept across releases in target/shared/ and linked into each release "
-            "(end a directory with /)", group="releases"),
+    Setting("shared", "list", "paths kept across releases in target/shared/ and linked into each release; one "
+            "in neither is made an empty directory, a file is taken from the first release that has it",
+            group="releases"),
     Setting("post_commands", "commands", "commands run in target/current after the switch", group="releases"),
     Setting("healthcheck", "str", "a command run after the switch; non-zero means the release is bad",
             group="releases"),
@@ -92,8 +106,9 @@ CATALOGUE: tuple[Setting, ...] = (
     # Fleets: jump hosts, rolling batches, retries (the proxy_* credentials fall back to the target's own)
     Setting("proxy_host", "str", "jump host (bastion) the targets are reached through; user@host:port allowed",
             group="fleet"),
-    Setting("proxy_port", "int", "SSH port of a jump host whose entry names none (default: port)", group="fleet"),
-    Setting("proxy_username", "str", "login name on a jump host whose entry names none (default: username)",
+    Setting("proxy_port", "int", "SSH port of a jump host whose entry names none (as in the peers and ssh -J)",
+            "22", group="fleet"),
+    Setting("proxy_username", "str", "login name on a jump host whose entry names none (as in the peers)", "root",
             aliases=("proxy_user",), group="fleet"),
     Setting("proxy_password", "secret", "password for the jump hosts (default: password)", group="fleet"),
     Setting("proxy_key", "secret", "private key text for the jump hosts (default: key)", aliases=("proxy_ssh_key",),
@@ -104,6 +119,9 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("proxy_fingerprint", "list", "trusted host key fingerprints of the jump hosts (default: fingerprint "
             "and known_hosts)", group="fleet"),
     Setting("jump", "list", "jump hosts in order, for more than one hop (user@bastion1,bastion2:2222)",
+            group="fleet"),
+    Setting("proxy_command", "str", "a command whose stdin and stdout carry every host's SSH connection, as "
+            "ssh's ProxyCommand (%h %p %r %n expanded; run by /bin/sh), e.g. for AWS SSM or Cloudflare Access",
             group="fleet"),
     Setting("max_parallel", "int", "hosts worked on at once", "10", group="fleet"),
     Setting("batch_size", "str", "rolling deploy: hosts per batch, a number or a percentage; the next batch "
@@ -293,3 +311,39 @@ def parse_list(raw: Raw, name: str) -> list[str]:
                                 hint="define the secret in the CI and reference it as the setting's value")
         raise SettingsError(f"{name}: expected a list, got a map", setting=name)
     return [part.strip() for part in raw.text.split(",") if part.strip()]
+
+
+class Values:
+    """Typed access to raw settings: one not given reads as its catalogue default."""
+
+    def __init__(self, raw: RawSettings) -> None:
+        self.raw = raw
+
+    def has(self, name: str) -> bool:
+        return name in self.raw.known
+
+    def text(self, name: str) -> str | None:
+        raw = self.raw.known.get(name)
+        if raw is None:
+            setting = lookup(name)
+            return setting.default if setting is not None else None
+        if raw.items is not None:
+            return ",".join(raw.items)
+        return raw.text
+
+    def flag(self, name: str) -> bool:
+        text = self.text(name)
+        return parse_bool(text, name) if text is not None else False
+
+    def number(self, name: str, **bounds: Any) -> int:
+        text = self.text(name)
+        return parse_int(text, name, **bounds) if text is not None else 0
+
+    def duration(self, name: str) -> float:
+        text = self.text(name)
+        assert text is not None
+        return parse_duration(text, name)
+
+    def items(self, name: str) -> list[str]:
+        raw = self.raw.known.get(name)
+        return parse_list(raw, name) if raw is not None else []

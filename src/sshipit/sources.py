@@ -1,7 +1,11 @@
 """Turning the `sources` setting into the exact list of files, directories and symlinks to upload.
 
 Owns glob expansion (`**` included), `!pattern` excludes (gitignore rules, via pathspec), `strip_components`,
-and the guarantee that every name we send is a clean relative path that cannot leave the target.
+`dereference`, and the guarantee that every name we send is a clean relative path that cannot leave the target.
+Symlinks: a symlink in the build is sent as a symlink, never read through; globs do not descend into one. A
+path the user names (or the fixed start of a glob) may pass through a symlink that stays inside the workspace,
+never through one that leaves it. With `dereference`, links are followed, but only to what lies inside the
+workspace, and a link back to a directory being walked (a loop) is refused.
 Source directories are listed by GNU find in parallel with the plan's other steps (Listing), by a Python walk
 where find is missing or fails; both give the same entries in the same order.
 It reads the local workspace only; it knows nothing about SSH.
@@ -10,8 +14,9 @@ It reads the local workspace only; it knows nothing about SSH.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import gc
-import glob
 import os
 import posixpath
 import stat
@@ -102,7 +107,8 @@ class Listing:
                 continue
             try:
                 local = os.path.join(str(workspace), _relative_source(source, workspace))
-                if os.path.isdir(local) and not os.path.islink(local):
+                if os.path.isdir(local) and not os.path.islink(local) and \
+                        _within(os.path.realpath(local), os.path.realpath(workspace)):  # else collect() refuses
                     listing._spawn(local, prune)
             except (SettingsError, OSError):
                 continue  # collect() reports it
@@ -218,16 +224,27 @@ def _read_find(process: Any, reader: int) -> list[_Record] | None:
     return records
 
 
-def _walk(local: str, shown: str, excluded: Callable[[str, bool], bool]) -> list[_Record]:
+def _walk(local: str, shown: str, excluded: Callable[[str, bool], bool], follow: str | None = None
+          ) -> list[_Record]:
     """The Python walk: children sorted by name, each directory before its contents, excluded ones not entered.
-    `shown` is the directory's name in messages (relative to the workspace)."""
+    `shown` is the directory's name in messages (relative to the workspace). With `follow` (the workspace's real
+    path), symlinks are replaced by what they point to (_followed)."""
     records: list[_Record] = []
+    walking: set[tuple[int, int]] = set()  # (device, inode) of the directories being walked: a loop's way back
 
     def named(rel: str) -> str:
         return _joined(shown, rel) or "."
 
     def visit(rel: str, path: str, info: os.stat_result) -> None:
         mode = info.st_mode
+        if follow is not None and stat.S_ISLNK(mode):
+            info = _followed(path, named(rel), follow)
+            mode = info.st_mode
+            if stat.S_ISDIR(mode) and (info.st_dev, info.st_ino) in walking:
+                raise SettingsError(
+                    f"source {named(rel)} is a symlink to a directory that contains it ({os.readlink(path)}): "
+                    "following it would never end", setting="dereference",
+                    hint=f"exclude it (!{named(rel)}) or set dereference: false to upload it as a symlink")
         if stat.S_ISDIR(mode):
             kind = "dir"
         elif stat.S_ISREG(mode):
@@ -245,10 +262,15 @@ def _walk(local: str, shown: str, excluded: Callable[[str, bool], bool]) -> list
                 children = sorted((child.name, child.path, child.stat(follow_symlinks=False)) for child in listing)
         except OSError as exc:
             raise SettingsError(f"cannot list source {named(rel)}: {exc.strerror}", setting="sources") from None
+        here = (info.st_dev, info.st_ino)
+        walking.add(here)
         for name, child_path, child_info in children:
             child_rel = sys.intern(_joined(rel, name))
-            if not excluded(child_rel, stat.S_ISDIR(child_info.st_mode)):
+            is_dir = stat.S_ISDIR(child_info.st_mode) or (
+                follow is not None and stat.S_ISLNK(child_info.st_mode) and os.path.isdir(child_path))
+            if not excluded(child_rel, is_dir):
                 visit(child_rel, child_path, child_info)
+        walking.discard(here)
 
     try:
         info = os.lstat(local)
@@ -258,11 +280,141 @@ def _walk(local: str, shown: str, excluded: Callable[[str, bool], bool]) -> list
     return records
 
 
+def _followed(path: str, shown: str, root: str) -> os.stat_result:
+    """What the symlink `path` points to, for dereference: refused unless it exists and lies inside `root`."""
+    real = os.path.realpath(path)
+    if not _within(real, root):
+        raise SettingsError(
+            f"source {shown} is a symlink that leads outside the workspace (to {real}): dereference does not "
+            "follow it", setting="dereference",
+            hint=f"exclude it (!{shown}), or set dereference: false to upload it as a symlink")
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        what = "a symlink loop" if exc.errno == errno.ELOOP else f"a symlink to nothing ({exc.strerror})"
+        raise SettingsError(f"source {shown} is {what}: dereference cannot follow it", setting="dereference",
+                            hint=f"exclude it (!{shown}) or fix the link") from None
+
+
+def _within(real: str, root: str) -> bool:
+    """True when the real path `real` is `root` or below it."""
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
+def _reached_safely(root: str, rel: str, shown: str, setting: str) -> None:
+    """Refuse a named source (or the fixed start of a glob) whose way passes through a symlink leaving the
+    workspace (`root`, a real path): `dist/assets/x.conf` with `dist/assets -> /elsewhere` would read a file that
+    is not the build's. The last part of `rel` is not looked at (a link there is sent as a link)."""
+    parts = rel.split("/") if rel else []
+    for depth in range(1, len(parts)):
+        prefix = os.path.join(root, *parts[:depth])
+        if os.path.islink(prefix):
+            real = os.path.realpath(prefix)
+            if not _within(real, root):
+                link = "/".join(parts[:depth])
+                raise SettingsError(
+                    f"source {shown} is reached through the symlink {link}, which leads outside the workspace "
+                    f"(to {real})", setting=setting,
+                    hint="name the files inside the workspace, or copy them into the build")
+
+
+def _expand(root: str, pattern: str, follow: bool, excluded: Callable[[str, bool], bool]) -> list[str]:
+    """The workspace paths a glob matches (`*`, `?`, `[...]` within a name, `**` for any depth; hidden names
+    too), sorted. Unlike glob.glob, a symlink is never descended into unless `follow` (where it must stay
+    inside the workspace and not loop): matched, a link is a link. Literal leading parts are taken as named.
+    Excluded directories are not entered (nothing below them could be uploaded)."""
+    parts = pattern.split("/")
+    fixed = 0
+    while fixed < len(parts) and not _GLOB_CHARS & set(parts[fixed]):
+        fixed += 1
+    start = "/".join(parts[:fixed])
+    _reached_safely(root, start + "/x" if start else "", pattern, "sources")
+    found: set[str] = set()
+    walking: set[tuple[int, int]] = set()  # with follow: (device, inode) of the directories `**` is in
+
+    def kind_of(path: str) -> str:
+        """"dir", "link" or "other", as lstat sees it."""
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return "other"
+        return "link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+    def children(rel: str) -> list[tuple[str, str]]:
+        """(name, kind) of what `rel` holds, sorted; kinds from the directory listing, no stat per name."""
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as listing:
+                return sorted((child.name, "link" if child.is_symlink() else
+                               "dir" if child.is_dir(follow_symlinks=False) else "other") for child in listing)
+        except OSError:
+            return []
+
+    def enters(rel: str, kind: str) -> bool:
+        """True when `rel` (below the fixed start) may be entered: a directory, or with `follow` a link to one
+        inside the root that is not one of the directories being walked."""
+        if kind == "other" or (kind == "link" and not follow) or excluded(rel, True):
+            return False
+        if kind == "link":
+            info = _followed(os.path.join(root, rel), rel, root)
+            if not stat.S_ISDIR(info.st_mode):
+                return False
+            if (info.st_dev, info.st_ino) in walking:
+                raise SettingsError(f"source {rel} is a symlink to a directory that contains it: following it "
+                                    "would never end", setting="dereference",
+                                    hint=f"exclude it (!{rel}) or set dereference: false")
+        return True
+
+    def match(rel: str, index: int) -> None:
+        if index == len(parts):
+            found.add(rel)
+            return
+        part = parts[index]
+        last = index == len(parts) - 1
+        if part == "**":
+            if last:
+                found.add(rel)
+            else:
+                match(rel, index + 1)  # zero directories
+            here = None
+            if follow:
+                info = os.stat(os.path.join(root, rel) if rel else root)
+                here = (info.st_dev, info.st_ino)
+                walking.add(here)
+            for name, kind in children(rel):
+                child = _joined(rel, name)
+                if last:
+                    found.add(child)
+                if enters(child, kind):
+                    match(child, index)
+            if here is not None:
+                walking.discard(here)
+            return
+        if not _GLOB_CHARS & set(part):
+            kind = kind_of(os.path.join(root, _joined(rel, part)))
+            candidates = [(part, kind)] if os.path.lexists(os.path.join(root, _joined(rel, part))) else []
+        else:
+            pattern_part = part.replace("**", "*")
+            candidates = [(name, kind) for name, kind in children(rel) if fnmatch.fnmatchcase(name, pattern_part)]
+        for name, kind in candidates:
+            child = _joined(rel, name)
+            if last:
+                found.add(child)
+            elif enters(child, kind):
+                match(child, index + 1)
+
+    if not os.path.isdir(os.path.join(root, start) if start else root):  # the fixed start is followed as named
+        return []
+    match(start, fixed)
+    found.discard("")  # `**` matches the workspace itself; glob.glob never named it either
+    return sorted(found)
+
+
 def collect(workspace: Path, sources: list[str], strip_components: int = 0,
-            listing: Listing | None = None) -> Collected:
+            listing: Listing | None = None, dereference: bool = False) -> Collected:
     """Every entry to upload, parents before children, each name unique.
 
-    `listing` holds the source directories already being listed (Listing.start); the rest is walked here.
+    `listing` holds the source directories already being listed (Listing.start); the rest is walked here. With
+    `dereference`, symlinks are uploaded as what they point to (inside the workspace only).
     """
     import pathspec  # imported here: only deploys with sources pay for it
 
@@ -275,6 +427,8 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
     warnings: list[str] = []
     found: dict[str, Entry] = {}
     root = str(workspace)
+    real_root = os.path.realpath(root)
+    follow = real_root if dereference else None
 
     def excluded(rel: str, is_dir: bool) -> bool:
         return spec is not None and bool(spec.match_file(rel + "/" if is_dir else rel))
@@ -285,11 +439,13 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
     def add(rel: str) -> None:
         """The source `rel` (relative to the workspace) and, for a directory, everything below it."""
         local = os.path.join(root, rel) if rel else root
-        if rel and excluded(rel, os.path.isdir(local) and not os.path.islink(local)):
+        if rel and excluded(rel, os.path.isdir(local) and (dereference or not os.path.islink(local))):
             return
         records = listing.records(local) if listing is not None else None
+        if records is not None and dereference and any(record[1] == "symlink" for record in records):
+            records = None  # links to follow: the Python walk does that
         if records is None:
-            records = _walk(local, rel, lambda child, is_dir: excluded(_joined(rel, child), is_dir))
+            records = _walk(local, rel, lambda child, is_dir: excluded(_joined(rel, child), is_dir), follow)
         elif spec is not None:
             records = _unexcluded(records, rel, excluded)
         # A name is the source's own (stripped) name plus the path below it, unless strip_components removes
@@ -329,7 +485,7 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
         for source in includes:
             rel = _relative_source(source, workspace)
             if _GLOB_CHARS & set(rel):
-                matches = sorted(glob.glob(rel, root_dir=workspace, recursive=True, include_hidden=True))
+                matches = _expand(real_root, rel, dereference, excluded)
                 if not matches:
                     raise SettingsError(f"source pattern {source!r} matched nothing in {workspace}",
                                         setting="sources", hint="check the pattern and that the build produced it")
@@ -339,6 +495,7 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
                 if not os.path.lexists(workspace / rel if rel else workspace):
                     raise SettingsError(f"source {source!r} does not exist in {workspace}", setting="sources",
                                         hint="check the path and that the build produced it")
+                _reached_safely(real_root, rel, rel, "sources")
                 add(rel)
     finally:
         if collecting:

@@ -1,16 +1,16 @@
-"""Sending the collected sources into the target over the host's one connection.
+"""Sending the collected sources into the target over the host's one connection, as a tar stream.
 
-Owns two ways in: the normal one streams every entry as ONE tar archive into `tar -x` on the server (no
-temporary archive on either side; modes, mtimes, symlinks and empty directories kept), and the fallback for
-SFTP-only accounts, which uploads over SFTP with many requests in flight. Also owns clearing the target
-(`rm`) and the `delete` paths, done in the same remote command as the extraction.
+Owns the normal way in: every entry streams as ONE tar archive into `tar -x` on the server (no temporary archive
+on either side; modes, mtimes, symlinks and empty directories kept), staged and then placed (staged_extract).
+Also owns clearing the target (`rm`) and the `delete` paths, done in the same remote command as the extraction.
+The fallback for SFTP-only accounts lives in sftp.py and lands the same result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import posixpath
 import secrets
 import tarfile
 import threading
@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sshipit.errors import DeployError
+from sshipit.errors import DeployError, local_file_error
 from sshipit.manifest import (
     Manifest,
     anchor_manifest,
@@ -31,7 +31,7 @@ from sshipit.manifest import (
     store_manifest,
 )
 from sshipit.remote import ServerTraits, on_this_machine
-from sshipit.rules import quote, shell_path
+from sshipit.rules import clearing_guard, guard_refusal, quote, shell_path
 from sshipit.sources import Entry
 
 if TYPE_CHECKING:
@@ -100,37 +100,78 @@ def clear_commands(rm: bool, delete: list[str], keep: str = "") -> list[str]:
     return commands
 
 
+END = ".sshipit-end."  # the archive's last member: a stream cut short (or stopped on purpose) lacks it
+
+# Run by `find DIR -type d -exec sh -c _CHECK sh {} +` on a staged directory the target has too, read-only and
+# before anything changes: every directory of the target that receives files must be writable, or the merge would
+# stop half-way. A directory below a link or a non-directory is skipped: that path is replaced whole.
+_CHECK = (
+    'for p; do t=${p#*/}; q=$t; ok=1; '
+    'while [ "${q#*/}" != "$q" ]; do q=${q%/*}; if [ -L "$q" ] || [ ! -d "$q" ]; then ok=0; break; fi; done; '
+    'if [ $ok = 1 ] && [ -d "$t" ] && [ ! -L "$t" ] && [ ! -w "$t" ]; then '
+    'printf "%s\\n" "cannot write into $t: Permission denied" >&2; exit 1; fi; done'
+)
+# Run (parents before children) on a staged top-level name the target has too, by `find NAME -type d -exec sh -c
+# _RESOLVE_DIRS sh {} +` and then `find NAME ! -type d -exec sh -c _RESOLVE_OTHERS sh {} +`: where the target's path
+# is of another type, it goes first, so that `cp` never meets a directory where a file goes (or the reverse), nor
+# follows an old symlink out of the target. Removed at once, in that order: once the directories are done, each
+# staged path's parents in the target are real directories of the target, or absent. (Two passes, typed by find:
+# 0.19 s instead of 0.3 s for 20,000 files, against 1.7 s for the `cp -al` itself.)
+_RESOLVE_DIRS = (
+    'for p; do t=${p#*/}; '
+    'if [ -L "$t" ] || { [ -e "$t" ] && [ ! -d "$t" ]; }; then rm -f -- "$t" || exit 1; fi; done'
+)
+_RESOLVE_OTHERS = (
+    'for p; do t=${p#*/}; '
+    'if [ -L "$t" ]; then rm -f -- "$t" || exit 1; elif [ -d "$t" ]; then rm -rf -- "$t" || exit 1; fi; done'
+)
+
+
 def staged_extract(
     unpack: str, rm: bool, delete: list[str], nonce: str, unpacked: tuple[str, ...] = (), done: tuple[str, ...] = (),
     undo: str = "",
 ) -> list[str]:
     """Extract into a hidden staging directory, then move everything into place and drop the staging.
 
-    Until the whole stream has arrived and unpacked, the target is untouched: a cut connection or a full disk
-    leaves no half-written file there. A failed extraction removes the staging directory itself; one left by a
-    killed server or shell is removed by a later upload (see below). A top-level name the target does not
-    have yet is renamed in whole (one step, however many files are below it: a first deploy costs no more than
-    plain tar); one it has is merged by hard-linking each file over the old one, so every file is replaced by
-    a complete copy, never rewritten in place. The staging name is unique, so two deploys at once do not
-    collide; stale ones (older than an hour) are cleaned up. `unpacked` runs in the target right after the
-    extraction (to take the manifest out of the staging), `done` once the staging is gone, and `undo` when a
-    step fails.
+    Until the whole stream has arrived and unpacked (its end marker included), the target is untouched: a cut
+    connection, a full disk or a source that changed while read leaves no half-written file there. Then, before
+    anything changes, every target directory that receives files is checked writable (_CHECK). A top-level name
+    the target does not have yet is renamed in whole (one step, however many files are below it: a first deploy
+    costs no more than plain tar); one it has is merged: paths whose type changed are removed first
+    (_RESOLVE_DIRS, _RESOLVE_OTHERS), then each file is hard-linked over the old one, so every file is replaced by
+    a complete copy, never rewritten in place, and each directory gets the stream's mode and time. A failed step
+    removes the staging directory; one left by a killed server or shell is removed by a later upload (older than
+    an hour). The staging name is unique, so two deploys at once do not collide. `unpacked` runs in the target
+    right after the extraction (to take the manifest out of the staging), `done` once the staging is gone, and
+    `undo` when a step fails.
     """
     staging = STAGING + nonce
+    end = END + nonce
     # A failed step removes the staging at once: after a full disk, the next deploy needs that space back.
     or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; {undo + '; ' if undo else ''}exit $rc; }}"
+    names = f"{staging}/* {staging}/.[!.]* {staging}/..?*"
+    check = (
+        f"for f in {names}; do "
+        'n=${f#*/}; '
+        'if [ -d "$f" ] && [ ! -L "$f" ] && [ -d "$n" ] && [ ! -L "$n" ]; then '
+        f"find \"$f\" -type d -exec sh -c '{_CHECK}' sh {{}} + {or_drop}; fi; done"
+    )
     place = (
-        f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do "
+        f"for f in {names}; do "
         '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; '
-        f'n=${{f#{staging}/}}; '
-        'if [ -e "$n" ] || [ -L "$n" ]; then cp -alf -- "$f" . ; else mv -- "$f" "$n"; fi '
+        'n=${f#*/}; '
+        'if [ -e "$n" ] || [ -L "$n" ]; then '
+        f"find \"$f\" -type d -exec sh -c '{_RESOLVE_DIRS}' sh {{}} + && "
+        f"find \"$f\" ! -type d -exec sh -c '{_RESOLVE_OTHERS}' sh {{}} + && cp -alf -- \"$f\" . ; "
+        'else mv -- "$f" "$n"; fi '
         f"{or_drop}; done"
     )
     return [
         f"{{ find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null || true; }}",
         f"mkdir -- {staging}",
-        f"{{ ( cd -- {staging} && {unpack} ) {or_drop}; }}",
+        f"{{ ( cd -- {staging} && {unpack} && {end_check(end)} ) {or_drop}; }}",
         *unpacked,
+        f"{{ {check}; }}",
         *clear_commands(rm, delete, keep=staging),
         f"{{ {place}; }}",
         f"rm -rf -- {staging}",
@@ -138,11 +179,24 @@ def staged_extract(
     ]
 
 
+def end_check(end: str) -> str:
+    """Shell step, run where the archive was unpacked: its end marker must be there (and goes)."""
+    return f"{{ rm -- {end} 2>/dev/null || {{ echo 'the upload stream ended before its end' >&2; false; }}; }}"
+
+
 _TYPE = {"file": b"0", "dir": b"5", "symlink": b"2"}
 # Everything after the link name of a GNU header with no user, group or device: magic, then zeros.
 _HEADER_TAIL = b"ustar  \0" + b"\0" * 247
 _HEADER_TAIL_SUM = sum(_HEADER_TAIL) + 8 * 0x20 + 2 * sum(b"0000000\0")  # + blank checksum field, uid, gid
 _LIMIT = 8**11  # sizes and times that fit 11 octal digits
+# The times an upload gives files: SFTP (version 3, all OpenSSH speaks) carries an unsigned 32-bit time, so an
+# mtime before 1970 or after 2106 is clamped to that range, and the tar stream clamps the same way: the same
+# build lands the same on both paths.
+MTIME_MAX = 2**32 - 1
+
+
+def wire_mtime(mtime: int) -> int:
+    return min(max(mtime, 0), MTIME_MAX)
 
 
 def tar_header(entry: Entry) -> bytes:
@@ -155,10 +209,10 @@ def tar_header(entry: Entry) -> bytes:
     raw_name = name.encode("utf-8", "surrogateescape")
     raw_link = entry.link.encode("utf-8", "surrogateescape")
     size = entry.size if entry.kind == "file" else 0
-    if len(raw_name) > 100 or len(raw_link) > 100 or not (0 <= size < _LIMIT and 0 <= entry.mtime < _LIMIT):
+    if len(raw_name) > 100 or len(raw_link) > 100 or not 0 <= size < _LIMIT:
         return _tarfile_header(entry)
     head = (raw_name.ljust(100, b"\0") + b"%07o\0" % (entry.mode & 0o7777) + b"0000000\0" * 2
-            + b"%011o\0" % size + b"%011o\0" % entry.mtime)
+            + b"%011o\0" % size + b"%011o\0" % wire_mtime(entry.mtime))
     rest = _TYPE[entry.kind] + raw_link.ljust(100, b"\0")
     checksum = sum(raw_name) + sum(head[100:108]) + sum(head[124:148]) + sum(rest) + _HEADER_TAIL_SUM
     return head + b"%06o\0 " % checksum + rest + _HEADER_TAIL
@@ -166,7 +220,7 @@ def tar_header(entry: Entry) -> bytes:
 
 def _tarfile_header(entry: Entry) -> bytes:
     info = tarfile.TarInfo(entry.name)
-    info.mtime = entry.mtime
+    info.mtime = wire_mtime(entry.mtime)
     info.mode = entry.mode
     info.uid = info.gid = 0
     info.uname = info.gname = ""
@@ -180,15 +234,24 @@ def _tarfile_header(entry: Entry) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
+def changed_while_read(entry: Entry, detail: str) -> DeployError:
+    return DeployError(f"{entry.local} changed while it was being uploaded ({detail}); nothing of this upload "
+                       "was placed", setting="sources", hint="do not change the build output during the deploy",
+                       phase="upload")
+
+
 def tar_stream(
     entries: list[Entry], hashes: dict[str, str] | None = None, progress: Progress | None = None,
-    trailer: tuple[str, Callable[[], bytes]] | None = None,
+    trailer: tuple[str, Callable[[], bytes]] | None = None, end: str = "",
 ) -> Iterator[bytes]:
-    """The archive, in pieces of about CHUNK bytes. A file that changes size while read is an error.
+    """The archive, in pieces of about CHUNK bytes.
 
+    A file whose size differs from the one collected, or whose size or mtime changes while it is read (fstat
+    before and after), is an error: the archive stops there, without its end marker, and the server drops it.
     With `hashes`, each file's content hash is computed on the way (it is read anyway) for the next manifest; with
-    `progress`, the file content read so far is counted. `trailer` (name, content) is one more file, last, whose
-    content is made once every entry has been read (the manifest, which holds their hashes).
+    `progress`, the file content read so far is counted. `trailer` (name, content) is one more file whose content
+    is made once every entry has been read (the manifest, which holds their hashes); `end` names an empty last
+    member, the end marker (see staged_extract).
     """
     pending = bytearray()
     for entry in entries:
@@ -198,13 +261,21 @@ def tar_stream(
             known = cached_hash(entry.local) if hashes is not None else None  # another host's stream did it
             digest = new_digest() if hashes is not None and known is None else None
             # os.open/os.read, not open(): no buffered file object per file (half the cost for small files).
-            fd = os.open(entry.local, os.O_RDONLY)
             try:
+                fd = os.open(entry.local, os.O_RDONLY)
+            except OSError as exc:
+                raise local_file_error(entry.local, exc) from None
+            try:
+                before = os.fstat(fd)
+                if before.st_size != entry.size:
+                    raise changed_while_read(entry, f"{entry.size} bytes when collected, {before.st_size} now")
                 while remaining:
-                    piece = os.read(fd, min(CHUNK, remaining))
+                    try:
+                        piece = os.read(fd, min(CHUNK, remaining))
+                    except OSError as exc:
+                        raise local_file_error(entry.local, exc) from None
                     if not piece:
-                        raise DeployError(f"{entry.local} shrank while it was being uploaded", setting="sources",
-                                          hint="do not change build output during the deploy", phase="upload")
+                        raise changed_while_read(entry, "it shrank")
                     remaining -= len(piece)
                     if digest is not None:
                         digest.update(piece)
@@ -217,6 +288,10 @@ def tar_stream(
                     if len(pending) >= CHUNK:
                         yield bytes(pending)
                         pending.clear()
+                after = os.fstat(fd)
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                    raise changed_while_read(entry, f"{before.st_size} bytes when opened, {after.st_size} after "
+                                             "reading" if after.st_size != before.st_size else "its mtime moved")
             finally:
                 os.close(fd)
             pending += b"\0" * (-entry.size % _BLOCK)
@@ -239,6 +314,8 @@ def tar_stream(
             yield data[start:start + CHUNK]
         pending += b"\0" * (-len(data) % _BLOCK)
         del data
+    if end:
+        pending += tar_header(Entry("", end, "file", 0o600, int(time.time()), 0))
     pending += b"\0" * (2 * _BLOCK)
     yield bytes(pending)
 
@@ -344,7 +421,7 @@ _DONE = object()
 
 async def stream(
     entries: list[Entry], hashes: dict[str, str] | None, compression: str, progress: Progress | None = None,
-    levels: list[int] | None = None, trailer: tuple[str, Callable[[], bytes]] | None = None,
+    levels: list[int] | None = None, trailer: tuple[str, Callable[[], bytes]] | None = None, end: str = "",
 ) -> AsyncIterator[bytes]:
     """The tar stream. Compressed, it is produced in a worker thread (compression releases the GIL, and it is
     most of the work) while the event loop encrypts and sends; at most a few chunks are in flight, so memory
@@ -355,7 +432,7 @@ async def stream(
     worker thread, whose framing and the loop's packet handling took turns at the GIL.
     """
     if compression == "none":
-        for chunk in tar_stream(entries, hashes, progress, trailer):
+        for chunk in tar_stream(entries, hashes, progress, trailer, end):
             yield chunk
             await asyncio.sleep(0)  # the loop sends this chunk before the next one is made
         return
@@ -380,7 +457,7 @@ async def stream(
     def work() -> None:
         try:
             compressor = _compressor(compression, lambda: waited, levels if levels is not None else [])
-            for chunk in tar_stream(entries, hashes, progress, trailer):
+            for chunk in tar_stream(entries, hashes, progress, trailer, end):
                 packed = compressor.compress(chunk)
                 if packed and not put(packed):
                     return
@@ -405,11 +482,22 @@ async def stream(
         stop.set()
 
 
+def refused_target(host: HostSpec, target: str, why: str) -> DeployError:
+    """rm, delete or prune stopped before removing anything: the target is the home or a system directory, or a
+    delete path goes through a symlink (`why`, from rules.guard_refusal or rules.precious_reason)."""
+    return DeployError(f"{host.label}: rm, delete and prune refuse to work in target {target}: it {why}",
+                       setting="target", hint="deploy into a directory of its own; nothing was changed",
+                       phase="upload")
+
+
 def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) -> DeployError:
     """Turn a remote tar/mkdir/rm complaint into one line with the setting to look at."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else "no message"
     lowered = stderr.lower()
+    refusal = guard_refusal(stderr)  # rules.clearing_guard stopped it before anything was removed
+    if refusal is not None:
+        return refused_target(host, target, refusal)
     if "no space left" in lowered or "disk quota" in lowered:
         return DeployError(f"{host.label}: the disk holding {target} is full ({last})", setting="target",
                            hint="free space on the server or deploy elsewhere", phase="upload")
@@ -439,6 +527,8 @@ async def upload_tar(
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
     nonce = secrets.token_hex(6)
     steps = [f"mkdir -p -- {target}", f"cd -- {target}"]
+    if clear and (plan.rm or plan.delete or plan.prune):
+        steps.append(clearing_guard(plan.delete))  # the home however spelled, or a link on a delete path
     # The manifest, when it goes along: the stream's last member, moved aside once unpacked, stored at the end.
     trailer = None
     member = ""
@@ -456,7 +546,7 @@ async def upload_tar(
         steps += staged_extract(unpack, plan.rm, plan.delete, nonce, unpacked=aside, done=stored,
                                 undo='rm -f -- "$N"' if member else "")
     else:
-        steps.append(unpack)  # a fresh release directory: nothing is live there yet
+        steps += [unpack, end_check(END + nonce)]  # a fresh release directory: nothing is live there yet
         if member:
             steps += [manifest_aside(member), *stored]
     command = " && ".join(steps)
@@ -467,15 +557,22 @@ async def upload_tar(
     process = await conn.create_process(command, encoding=None)
     stderr_task = asyncio.ensure_future(process.stderr.read())
     broken: BaseException | None = None
+    local: DeployError | None = None
     try:
         if entries:
-            async for chunk in stream(entries, hashes, compression, progress, levels, trailer):
+            async for chunk in stream(entries, hashes, compression, progress, levels, trailer, END + nonce):
                 process.stdin.write(chunk)
                 stats.wire_bytes += len(chunk)
                 await process.stdin.drain()
         process.stdin.write_eof()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as exc:
         broken = exc  # the remote side gave up; its stderr says why
+    except DeployError as exc:
+        # A source changed or could not be read: end the stream without its end marker, so that the server
+        # drops what it unpacked; wait for that, then say what failed here.
+        local = exc
+        with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
+            process.stdin.write_eof()
     try:
         result = await asyncio.wait_for(process.wait(), timeout=max(plan.connect_timeout, 60))
     except (TimeoutError, asyncssh.Error, ConnectionError):
@@ -483,6 +580,8 @@ async def upload_tar(
     stderr = (await stderr_task).decode("utf-8", "replace") if stderr_task.done() else ""
     if not stderr_task.done():
         stderr_task.cancel()
+    if local is not None:
+        raise local
     if result is None or result.exit_status != 0 or broken is not None:
         if conn.is_closed() or (result is None and broken is not None):
             raise DeployError(f"{host.label}: the connection was lost during the upload", setting="host",
@@ -497,84 +596,6 @@ async def upload_tar(
     return stats
 
 
-async def upload_sftp(
-    conn: SSHClientConnection, host: HostSpec, plan: Plan, entries: list[Entry], dest: str | None = None,
-    progress: Progress | None = None,
-) -> UploadStats:
-    """The fallback for accounts that allow SFTP only: many files in flight, each with pipelined requests."""
-    import asyncssh
-
-    assert plan.target is not None
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    stats = UploadStats("sftp")
-    root = dest or plan.target
-    try:
-        async with conn.start_sftp_client() as sftp:
-            await sftp.makedirs(root, exist_ok=True)
-            if plan.rm:
-                for name in await sftp.listdir(root):
-                    if name not in (".", ".."):
-                        await _sftp_remove(sftp, posixpath.join(root, name))
-            for path in plan.delete:
-                await _sftp_remove(sftp, posixpath.join(root, path))
-            dirs = [e for e in entries if e.kind == "dir"]
-            for entry in dirs:
-                await sftp.makedirs(posixpath.join(root, entry.name), exist_ok=True)
-            limit = asyncio.Semaphore(16)
-
-            async def send(entry: Entry) -> None:
-                remote = posixpath.join(root, entry.name)
-                async with limit:
-                    if entry.kind == "symlink":
-                        if await sftp.lexists(remote):
-                            await sftp.remove(remote)
-                        await sftp.symlink(entry.link, remote)
-                    else:
-                        parent = posixpath.dirname(remote)
-                        if parent:
-                            await sftp.makedirs(parent, exist_ok=True)
-                        copied = [0]  # this file's bytes already counted: the callback reports running totals
-
-                        def count(_src: bytes, _dst: bytes, done: int, _total: int) -> None:
-                            if progress is not None:
-                                progress.bytes += done - copied[0]
-                                copied[0] = done
-
-                        await sftp.put(str(entry.local), remote, preserve=True, block_size=CHUNK // 2,
-                                       max_requests=16, progress_handler=count)
-                        if progress is not None:
-                            progress.files += 1
-
-            await asyncio.gather(*(send(e) for e in entries if e.kind != "dir"))
-            for entry in sorted(dirs, key=lambda e: -e.name.count("/")):
-                await sftp.setstat(posixpath.join(root, entry.name),
-                                   asyncssh.SFTPAttrs(permissions=entry.mode, atime=entry.mtime, mtime=entry.mtime))
-    except asyncssh.SFTPError as exc:
-        reason = exc.reason or str(exc)
-        raise explain_remote_failure(host, root, reason, "SFTP upload") from None
-    except (OSError, asyncssh.Error) as exc:
-        raise DeployError(f"{host.label}: SFTP upload failed: {exc}", setting="target", phase="upload") from None
-    stats.files = sum(1 for e in entries if e.kind == "file")
-    stats.bytes = sum(e.size for e in entries)
-    stats.wire_bytes = stats.bytes
-    stats.seconds = loop.time() - started
-    return stats
-
-
-async def _sftp_remove(sftp: object, path: str) -> None:
-    import asyncssh
-
-    client = sftp  # typed loosely: asyncssh's SFTPClient
-    try:
-        if await client.isdir(path) and not await client.islink(path):  # type: ignore[attr-defined]
-            await client.rmtree(path)  # type: ignore[attr-defined]
-        else:
-            await client.remove(path)  # type: ignore[attr-defined]
-    except asyncssh.SFTPNoSuchFile:
-        pass
-
-
 async def remove_paths(conn: SSHClientConnection, host: HostSpec, dest: str, paths: list[str]) -> None:
     """Remove files (never directories) below `dest`; the names travel on stdin, NUL-separated."""
     from sshipit.remote import capture
@@ -582,6 +603,7 @@ async def remove_paths(conn: SSHClientConnection, host: HostSpec, dest: str, pat
     if not paths:
         return
     names = "".join(f"./{path}\0" for path in paths).encode("utf-8", "surrogateescape")
-    result = await capture(conn, f"cd -- {shell_path(dest)} && xargs -0 rm -f --", 600, stdin=names)
+    result = await capture(conn, f"cd -- {shell_path(dest)} && {clearing_guard()} && xargs -0 rm -f --", 600,
+                           stdin=names)
     if result.exit_status != 0:
         raise explain_remote_failure(host, dest, result.stderr, "prune")
