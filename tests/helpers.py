@@ -10,6 +10,8 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,3 +269,36 @@ def start_server(workdir: Path, keys: dict[str, KeyPair], extra_config: str = ""
         if authorize is None or name in authorize:
             server.authorize(key.public_text)
     return server.start()
+
+
+class PeakMemory:
+    """A process's own peak resident memory in KiB: its VmHWM, read from /proc until it is gone.
+
+    Not wait4's ru_maxrss: that also counts the forked copy of the pytest process before the exec, so late in
+    the suite it reports pytest's size (330 MB) instead of the child's. VmHWM belongs to the program's own
+    memory (exec resets it) and only grows, so the last reading before the process ends is its peak.
+    Start it right after Popen returns (the exec has happened by then)."""
+
+    def __init__(self, pid: int) -> None:
+        self.kib = 0
+        self._status = f"/proc/{pid}/status"
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                with open(self._status) as handle:
+                    hwm = next((line for line in handle if line.startswith("VmHWM:")), None)
+            except OSError:
+                return
+            if hwm is None:  # a zombie: its memory is gone, the peak was read before
+                return
+            self.kib = max(self.kib, int(hwm.split()[1]))
+            time.sleep(0.005)
+
+    def result(self) -> int:
+        """The peak, once the process has ended (and been reaped)."""
+        self._thread.join(5)
+        assert self.kib > 0, "the process's memory was never read"
+        return self.kib

@@ -28,7 +28,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import clean_env, plugin_env
+from helpers import PeakMemory, clean_env, plugin_env
 from sshipit.commands import LINE_LIMIT
 from sshipit.localserver import KeyPair, LocalServer
 from sshipit.rules import MASK, Masker, neutralise
@@ -86,12 +86,13 @@ def assert_inert(raw: bytes, cards: int = 0) -> str:
 def run_raw(env: dict[str, str], workspace: Path, home: Path, stdout: int | None = None,
             timeout: float = 180) -> tuple[int, bytes, bytes, float, int]:
     """Run `python -m sshipit` with its output in raw bytes (to files: no pipe to drain, no universal newlines);
-    returns (status, stdout, stderr, seconds, this child's own peak RSS in KiB, from wait4)."""
+    returns (status, stdout, stderr, seconds, this child's own peak RSS in KiB: helpers.PeakMemory)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "sshipit"], cwd=workspace, env=clean_env(home, env),
                                 stdin=subprocess.DEVNULL, stdout=stdout if stdout is not None else out, stderr=err,
                                 start_new_session=True)
+        peak = PeakMemory(proc.pid)
         expired = threading.Event()
 
         def expire() -> None:
@@ -102,7 +103,7 @@ def run_raw(env: dict[str, str], workspace: Path, home: Path, stdout: int | None
         timer = threading.Timer(timeout, expire)
         timer.start()
         try:
-            _, wait_status, usage = os.wait4(proc.pid, 0)
+            _, wait_status = os.waitpid(proc.pid, 0)
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(wait_status)
@@ -111,7 +112,7 @@ def run_raw(env: dict[str, str], workspace: Path, home: Path, stdout: int | None
         err.seek(0)
         printed, problems = out.read(), err.read()
     assert not expired.is_set(), f"sshipit did not finish within {timeout}s\n{problems.decode(errors='replace')}"
-    return proc.returncode, printed, problems, seconds, usage.ru_maxrss
+    return proc.returncode, printed, problems, seconds, peak.result()
 
 
 def printf_command(payload: bytes) -> str:
@@ -275,8 +276,8 @@ def test_a_secret_straddling_the_cut_of_a_long_line_is_masked(server: LocalServe
     status, out, err, _, _ = run_raw(env, workspace, home)
     text = out.decode()
     assert status == 0, err
-    printed = [row for row in text.split("\n") if row.startswith((MASK, "-aaaa", "aaaa", "aaa", "aa", "a"))
-               and len(row) > 1000]
+    # Every printed part of the line, however short (the last one can be a few characters: what a cut held back)
+    printed = [row for row in text.split("\n") if row and set(row) <= set(MASK + "-a")]
     assert len(printed) >= 2, "the long line was not cut: the test did not test the cut"
     assert password not in text
     assert "".join(printed) == (MASK + "-aaaa") * copies

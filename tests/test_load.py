@@ -3,7 +3,7 @@
 Each server logs in a user of its own (sshipit-load-00 .. -49, created once, as the CI runs as root), so one
 relative `target` lands in 50 different homes. Checked: every file on every host by SHA-256 (none lost, none
 corrupted, nothing extra), the summary (50 hosts, each ok), and the peak resident memory of the sshipit process
-(from the kernel's rusage of that one child, via os.wait4).
+(its own high-water mark, helpers.PeakMemory).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import clean_env, plugin_env, rmtree
+from helpers import PeakMemory, clean_env, plugin_env, rmtree
 from sshipit.localserver import HOST_KEY_KINDS, KeyPair, LocalServer
 
 HOSTS = 50
@@ -89,7 +89,7 @@ def on_disk(root: Path) -> dict[str, str]:
 
 
 def run_measured(env: dict[str, str], workspace: Path, home: Path, timeout: float) -> tuple[int, str, str, int]:
-    """Run sshipit; return its exit status, output and peak RSS in KB (rusage of exactly this child)."""
+    """Run sshipit; return its exit status, output and peak RSS in KB (its own: helpers.PeakMemory)."""
     proc = subprocess.Popen([sys.executable, "-m", "sshipit"], cwd=workspace, env=clean_env(home, env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -103,14 +103,15 @@ def run_measured(env: dict[str, str], workspace: Path, home: Path, timeout: floa
     for reader in readers:
         reader.start()
     deadline = time.monotonic() + timeout
+    peak = PeakMemory(proc.pid)
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            pid, status, usage = os.wait4(proc.pid, 0)
+            pid, status = os.waitpid(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             pytest.fail(f"sshipit did not finish within {timeout}s")
         time.sleep(0.05)
@@ -119,7 +120,7 @@ def run_measured(env: dict[str, str], workspace: Path, home: Path, timeout: floa
         reader.join(30)
     out = b"".join(chunks["out"]).decode("utf-8", "replace")
     err = b"".join(chunks["err"]).decode("utf-8", "replace")
-    return proc.returncode, out, err, usage.ru_maxrss
+    return proc.returncode, out, err, peak.result()
 
 
 def test_fifty_hosts_two_thousand_files_each(

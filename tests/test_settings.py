@@ -248,3 +248,16 @@ def test_the_readme_settings_table_is_the_catalogue() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     expected = settings_table()
     assert expected in readme, f"README.md's settings table differs from the catalogue; it should read:\n{expected}"
+
+
+def test_help_lists_every_setting_as_a_flag() -> None:
+    """`sshipit --help` works and names every setting's flag, with its help text (a `%` in one must not break it)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "sshipit", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for setting in CATALOGUE:
+        assert f"--{setting.name.replace('_', '-')}" in result.stdout, setting.name
+    assert "(%h %p %r %n expanded" in text

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         if setting.name == "sources":
             flags = ["--source", *[f for f in flags if f != "--source"]]
         default = f" (default: {setting.default})" if setting.default is not None else ""
-        help_text = f"{setting.help}{default}. Env: PLUGIN_{setting.name.upper()}"
+        # argparse %-formats help texts: a literal % (proxy_command's %h %p) must be doubled
+        help_text = f"{setting.help}{default}. Env: PLUGIN_{setting.name.upper()}".replace("%", "%%")
         if setting.kind in ("list", "commands"):
             group.add_argument(*flags, dest=setting.name, action="append", metavar="VALUE",
                                help=help_text + "; repeat the flag for more")
