@@ -302,3 +302,19 @@ class PeakMemory:
         self._thread.join(5)
         assert self.kib > 0, "the process's memory was never read"
         return self.kib
+
+
+def tree(root: Path, skip: Path | None = None) -> dict[str, object]:
+    """Every path below `root` (but not below `skip`) with its bytes, link text or 'dir'."""
+    seen: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            seen[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            seen[rel] = "dir"
+        else:
+            seen[rel] = path.read_bytes()
+    return seen

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import RunSshipit
-from helpers import clean_env, one_error, plugin_env, rmtree
+from helpers import clean_env, one_error, plugin_env, rmtree, tree
 from helpers import run_sshipit as run_sshipit_in
 from sshipit.commas import read_commands, split_top_level
 from sshipit.errors import SettingsError
@@ -77,23 +77,6 @@ def marker(workspace: Path) -> Iterator[Marker]:
     mark = Marker()
     yield mark
     mark.cleanup()
-
-
-
-def tree(root: Path, skip: Path | None = None) -> dict[str, object]:
-    """Every path below `root` (but not below `skip`) with its bytes, link text or 'dir'."""
-    seen: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        if skip is not None and (path == skip or skip in path.parents):
-            continue
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            seen[rel] = ("link", os.readlink(path))
-        elif path.is_dir():
-            seen[rel] = "dir"
-        else:
-            seen[rel] = path.read_bytes()
-    return seen
 
 
 @pytest.fixture

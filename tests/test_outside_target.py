@@ -26,27 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RunSshipit
-from helpers import Result, clean_env, one_error, plugin_env, rmtree, start_server
+from helpers import Result, clean_env, one_error, plugin_env, rmtree, start_server, tree
 from sshipit.errors import SettingsError
 from sshipit.localserver import KeyPair, LocalServer
 from sshipit.plan import ReleaseSpec
 from sshipit.release import final_release
 from sshipit.rules import guard_refusal, precious_reason
 from sshipit.sources import Listing, collect
-
-
-def tree(root: Path) -> dict[str, object]:
-    """Every path below `root` with its bytes, link text or 'dir' (links are not followed)."""
-    seen: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            seen[rel] = ("link", os.readlink(path))
-        elif path.is_dir():
-            seen[rel] = "dir"
-        else:
-            seen[rel] = path.read_bytes()
-    return seen
 
 
 def chown_like(reference: Path, *paths: Path) -> None:

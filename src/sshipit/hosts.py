@@ -8,7 +8,6 @@ masker), the host key policy, and the jump hops every target is reached through.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,14 +314,9 @@ def load_keys(credentials: Credentials, values: Values, workspace: Path, prefix:
 
 
 def _read_key_file(path_text: str, workspace: Path, setting: str) -> str:
-    path = Path(os.path.expanduser(path_text))
-    if not path.is_absolute():
-        path = workspace / path
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a text file"
-        raise SettingsError(f"cannot read {setting} {path_text}: {reason}", setting=setting) from None
+    from sshipit.inventory import read_workspace_text
+
+    return read_workspace_text(path_text, workspace, setting)
 
 
 def _key_label(key: SSHKey, origin: str) -> str:

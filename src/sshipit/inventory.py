@@ -256,14 +256,19 @@ def workspace_file(path_text: str, workspace: Path) -> Path:
     return path if path.is_absolute() else workspace / path
 
 
-def read_inventory(path_text: str, workspace: Path) -> Inventory:
-    path = workspace_file(path_text, workspace)
+def read_workspace_text(path_text: str, workspace: Path, setting: str, hint: str | None = None) -> str:
+    """The text of the file a setting names (inventory, ssh_config, key_path, ...), or one line saying why not."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return workspace_file(path_text, workspace).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not a text file"
-        raise SettingsError(f"cannot read inventory {path_text}: {reason}", setting="inventory",
-                            hint="name an Ansible inventory file of the repository (INI or YAML)") from None
+        raise SettingsError(f"cannot read {setting} {path_text}: {reason}", setting=setting, hint=hint) from None
+
+
+def read_inventory(path_text: str, workspace: Path) -> Inventory:
+    path = workspace_file(path_text, workspace)
+    text = read_workspace_text(path_text, workspace, "inventory",
+                               "name an Ansible inventory file of the repository (INI or YAML)")
     # Ansible tells the formats apart by trying them; a YAML inventory starts with a group map.
     looks_yaml = path.suffix in (".yml", ".yaml") or (
         re.match(r"\s*(---|[\w.-]+:\s*$)", text, re.M) is not None and not re.search(r"^\s*\[", text, re.M))
@@ -468,7 +473,7 @@ def structured_entries(text: str | None) -> list[dict[str, Any]] | None:
 
 
 def entry_from_map(item: dict[str, Any], n: int) -> tuple[str, HostEntry]:
-    """A host map: the `host` text (parsed by plan.parse_host) and what else it sets."""
+    """A host map: the `host` text (parsed by hosts.parse_host) and what else it sets."""
     where = f"host entry {n}"
     unknown = sorted(set(item) - _ENTRY_KEYS)
     if unknown:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sshipit.errors import SettingsError
-from sshipit.inventory import HostEntry, workspace_file
+from sshipit.inventory import HostEntry, read_workspace_text, workspace_file
 
 # Keywords sshipit takes from the file; Host and Match choose blocks. IdentitiesOnly changes nothing here:
 # sshipit never offers default key files.
@@ -44,12 +44,8 @@ class SSHConfig:
 def read_config(path_text: str, workspace: Path) -> SSHConfig:
     """Check the file once: readable, no Include or Match exec; keywords not used are named in one warning."""
     path = workspace_file(path_text, workspace)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a text file"
-        raise SettingsError(f"cannot read ssh_config {path_text}: {reason}", setting="ssh_config",
-                            hint="name an OpenSSH client config file of the repository") from None
+    text = read_workspace_text(path_text, workspace, "ssh_config",
+                               "name an OpenSSH client config file of the repository")
     config = SSHConfig(path, path_text)
     unused: dict[str, list[str]] = {}
     for number, line in enumerate(text.splitlines(), 1):
