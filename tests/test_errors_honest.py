@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,20 @@ def kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def stall_when(marker: Path, what: str, proc: subprocess.Popen[str], server: LocalServer,
+               stalled: list[int]) -> tuple[Result, float]:
+    """Once `marker` exists, SIGSTOP every sshd process serving the deploy (recorded in `stalled`, for the
+    caller's clean-up), and wait for sshipit to give up: its result and the seconds it took after the stall."""
+    wait_for(marker.exists, proc, what)
+    began = time.monotonic()
+    stalled += sshd_children(server)
+    assert stalled, "no sshd process served the deploy"
+    for pid in stalled:
+        os.kill(pid, signal.SIGSTOP)
+    result = finish(proc, timeout=60)
+    return result, time.monotonic() - began
 
 
 def offered(line: str) -> list[str]:
@@ -394,14 +409,7 @@ def test_command_timeout_against_a_stalled_server(
                                                   **steps))
     stalled: list[int] = []
     try:
-        wait_for(started.exists, proc, "the command to start")
-        began = time.monotonic()
-        stalled = sshd_children(server)
-        assert stalled, "no sshd process served the deploy"
-        for pid in stalled:
-            os.kill(pid, signal.SIGSTOP)
-        result = finish(proc, timeout=60)
-        waited = time.monotonic() - began
+        result, waited = stall_when(started, "the command to start", proc, server, stalled)
         # The command was not stopped: it still runs (the server never got a kill), as the line says.
         still = [pid for pid in session_processes(server.port)
                  if b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes()]
@@ -459,14 +467,7 @@ def test_health_check_retry_against_a_server_that_stopped_answering(
                                                   healthcheck=f"touch {tried}; exit 1"))
     stalled: list[int] = []
     try:
-        wait_for(tried.exists, proc, "the first health check attempt")
-        began = time.monotonic()
-        stalled = sshd_children(server)
-        assert stalled, "no sshd process served the deploy"
-        for pid in stalled:
-            os.kill(pid, signal.SIGSTOP)
-        result = finish(proc, timeout=60)
-        waited = time.monotonic() - began
+        result, waited = stall_when(tried, "the first health check attempt", proc, server, stalled)
     finally:
         kill_all(stalled)
         kill_all(session_processes(server.port))
