@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from sshipit.atomic import Fleet, Gate
 from sshipit.connect import shared_tunnels
 from sshipit.manifest import forget_local_hashes
 from sshipit.plan import HostSpec, Plan
 from sshipit.report import Console, HostResult
-from sshipit.session import Fleet, Gate, deploy_host
+from sshipit.session import deploy_host
 
 
 @dataclass
