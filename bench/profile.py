@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profile one sshipit deploy of the benchmark's workload with py-spy (every thread, native code included).
 
-    python3 bench/profile.py [--scenario fresh|nochange|changed|large] [--quick]
+    python3 bench/profile.py [--scenario fresh|nochange|changed|large] [--quick] [--sshipit-src DIR]
 
 Starts a loopback sshd, prepares the target as the benchmark does, then runs sshipit under
 `py-spy record --threads --native` and prints where its threads spend their samples (self and inclusive); the
@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cache", default="/var/tmp/sshipit-bench")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--sshipit-src", default=str(BENCH.parent / "src"), help="profile the sshipit package "
+                        "under this src directory (e.g. a `git worktree` of an earlier commit) instead of this one")
+    parser.add_argument("--out", default=str(BENCH / "results"), help="where profile-<scenario>.txt goes")
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         print("profile: py-spy is missing (pip install py-spy)", file=sys.stderr)
@@ -71,14 +74,14 @@ def main() -> int:
     variant, previous = SCENARIOS[args.scenario]
     scratch = Path(tempfile.mkdtemp(prefix="sshipit-profile-"))
     scratch.chmod(0o711)
-    results = BENCH / "results"
+    results = Path(args.out)
     results.mkdir(exist_ok=True)
     try:
         key = generate_key(scratch, "ed25519", name="key")
         (server, ep), = servers.loopback_servers(scratch, key.public_text, [None])
         home = scratch / "home"
         home.mkdir()
-        ctx = Context(key=key.private_path, scratch=scratch, sshipit_src=BENCH.parent / "src", home=home)
+        ctx = Context(key=key.private_path, scratch=scratch, sshipit_src=Path(args.sshipit_src), home=home)
         tool = Sshipit()
         target = "sshipit-profile"
         shutil.rmtree(ep.home / target, ignore_errors=True)  # no target: a first deploy, whatever the manifest

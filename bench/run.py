@@ -5,6 +5,9 @@
     python3 bench/run.py --quick    # tiny workload, 1 run: a smoke test (well under a minute)
     python3 bench/run.py --wan      # round trips through a 0/100 ms relay, alone (a few minutes; wan.py)
     python3 bench/run.py --everyday # 5,000 small files + one 100 MB file on loopback, alone (a few minutes)
+    python3 bench/run.py --everyday --against /tmp/old/src  # also an earlier sshipit (a `git worktree`), as
+                                    # tool sshipit-b, interleaved with this one: before/after under the same load
+    python3 bench/run.py --fleet-memory  # memory and set-up CPU per host, 1 to 200 real sshd (memory.py; root)
 
 Writes bench/results/latest.md (also printed), latest.json (every run's raw numbers) and latest.png.
 See the README's Benchmark section for what is measured and how.
@@ -88,7 +91,14 @@ class Bench:
         compile_all(src)
         home = self.scratch / "client-home"
         home.mkdir()
-        self.ctx = Context(key=self.key.private_path, scratch=self.scratch, sshipit_src=src, home=home)
+        other = None
+        if args.against:
+            other = self.scratch / "src-against"
+            shutil.copytree(Path(args.against) / "sshipit", other / "sshipit",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            compile_all(other)
+        self.ctx = Context(key=self.key.private_path, scratch=self.scratch, sshipit_src=src, home=home,
+                           other_src=other)
         self.git = git_state()  # the code copied above: what the run measures, whatever is committed meanwhile
         servers.remove_leftovers()
         self.area.ensure(Path(default_login_user().pw_dir))  # loopback and slow-link servers share this login
@@ -142,7 +152,12 @@ class Bench:
 
     def tools_for(self, scenario: Scenario, link: str) -> list[Tool]:
         chosen = [BY_KEY[k] for k in self.args.tools] if self.args.tools else TOOLS
-        return [t for t in chosen if link in t.links and (scenario.tools is None or t.key in scenario.tools)]
+        if self.args.against:  # the second sshipit runs wherever the first does
+            chosen = [*chosen, BY_KEY["sshipit-b"]] if "sshipit-b" not in [t.key for t in chosen] else chosen
+        else:
+            chosen = [t for t in chosen if t.key != "sshipit-b"]
+        allowed = None if scenario.tools is None else {*scenario.tools, "sshipit-b"}
+        return [t for t in chosen if link in t.links and (allowed is None or t.key in allowed)]
 
     def run_all(self) -> None:
         chosen = [s for s in scenarios(self.args.quick, self.args.everyday) if not self.args.scenarios or
@@ -335,7 +350,8 @@ def results_of(bench: Bench, started: float) -> dict:
         "root": servers.is_root(),
     }
     return {"meta": meta,
-            "tools": {t.key: {"label": t.label, "command": t.note, "links": list(t.links)} for t in TOOLS},
+            "tools": {t.key: {"label": t.label, "command": t.note, "links": list(t.links)} for t in TOOLS
+                      if t.key != "sshipit-b" or args.against},  # the second sshipit only ran with --against
             "scenarios": {s.key: s.title for s in scenarios(args.quick, args.everyday)},
             "scenarios_short": {s.key: s.short for s in scenarios(args.quick, args.everyday)},
             "runs": list(bench.runs)}
@@ -377,8 +393,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "changed-cmd fresh-cmd atomic fanout-1 fanout-20)")
     parser.add_argument("--everyday", action="store_true", help="run the everyday workload alone (5,000 small "
                         "files + one 100 MB file) on loopback: fresh, and redeploys with kept and with new mtimes")
+    parser.add_argument("--fleet-memory", action="store_true", help="run the fleet memory section alone "
+                        "(bench/memory.py, as root): peak MB of one deploy to 1/10/50/200 real sshd, MB per added "
+                        "host, set-up CPU ms per host; writes memory.md and memory.json to --out")
     parser.add_argument("--sshipit-src", help="measure the sshipit package under this src directory instead of "
                         "this checkout's (e.g. a copy of an earlier version, for before/after figures)")
+    parser.add_argument("--against", metavar="SRC", help="also measure the sshipit package under this src "
+                        "directory, as tool sshipit-b, interleaved with this checkout's in the same run (e.g. "
+                        "`git worktree add /tmp/old COMMIT`, then --against /tmp/old/src)")
     parser.add_argument("--report-only", metavar="JSON", nargs="+", help="run nothing: rewrite the table and "
                         "chart from results JSON files (latest.json, or partial.json after a crash; several are "
                         "merged, e.g. runs of --links loopback and --links 50mbit)")
@@ -459,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["bytes_measured"] = any(r["meta"].get("bytes_measured") for r in merged)
         write_reports(results, Path(args.out), args.publish)
         return 0
+    if args.fleet_memory:  # its own servers, ports and tmpfs: no clash with a benchmark run (no lock), no peers
+        import memory
+
+        return memory.main(["--out", args.out, *(["--sshipit-src", args.sshipit_src] if args.sshipit_src else [])])
     missing = missing_requirements()
     if missing:
         print("bench: missing: " + ", ".join(missing), file=sys.stderr)

@@ -31,6 +31,7 @@ class Context:
     scratch: Path
     sshipit_src: Path
     home: Path  # HOME of every client (empty: no ~/.ssh, no agent)
+    other_src: Path | None = None  # run.py --against: a second sshipit, measured in the same run (SshipitOther)
 
     def known_hosts_file(self, ep: Endpoint) -> Path:
         path = self.scratch / f"known_hosts-{ep.host}-{ep.port}"
@@ -90,6 +91,19 @@ class Sshipit(Tool):
         known = "".join(ep.known_hosts for ep in eps)
         return [*argv, "--key-path", str(ctx.key), "--known-hosts", known, "--target", f"~/{target}",
                 "--source", "app", "--strip-components", "1"]
+
+
+class SshipitOther(Sshipit):
+    """The sshipit under run.py --against DIR, beside this checkout's in the same run: before/after figures that
+    share the machine's load (the runs interleave), which two runs an hour apart do not."""
+
+    key, label = "sshipit-b", "sshipit (--against)"
+    note = "python -m sshipit from the --against src directory"
+
+    def command(self, eps: list[Endpoint], workspace: Path, target: str, ctx: Context) -> list[str]:
+        if ctx.other_src is None:
+            raise RuntimeError("sshipit-b runs only with --against")
+        return ["env", f"PYTHONPATH={ctx.other_src}", *super().command(eps, workspace, target, ctx)]
 
 
 class TarSsh(Tool):
@@ -170,5 +184,6 @@ class ParamikoSftp(Tool):
                 "--scratch", str(ctx.scratch / f"paramiko-{ep.host}-{ep.port}.tar.gz")]
 
 
-TOOLS: list[Tool] = [Sshipit(), TarSsh(), TarGzSsh(), Rsync(), RsyncZ(), Scp(), DroneScp(), ParamikoSftp()]
+TOOLS: list[Tool] = [Sshipit(), SshipitOther(), TarSsh(), TarGzSsh(), Rsync(), RsyncZ(), Scp(), DroneScp(),
+                     ParamikoSftp()]
 BY_KEY = {tool.key: tool for tool in TOOLS}

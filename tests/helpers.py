@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sshipit.localserver import KeyPair, LocalServer
+from sshipit.localserver import KeyPair, LocalServer, default_login_user
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -269,6 +269,21 @@ def start_server(workdir: Path, keys: dict[str, KeyPair], extra_config: str = ""
         if authorize is None or name in authorize:
             server.authorize(key.public_text)
     return server.start()
+
+
+def login_home(path: Path) -> Path:
+    """A directory the servers' test login owns (0755): one machine's home, where its commands run."""
+    login = default_login_user()
+    path.mkdir(parents=True)
+    os.chown(path, login.pw_uid, login.pw_gid)
+    path.chmod(0o755)
+    return path
+
+
+def at_home(home: Path, first: str = "") -> str:
+    """sshd_config lines that run every command in `home` (after `first`, a shell step ending in `; `): servers
+    on one machine then act as machines of their own, where one relative target is a different directory."""
+    return f'ForceCommand {first}cd {home} && eval "$SSH_ORIGINAL_COMMAND"\n'
 
 
 class PeakMemory:

@@ -460,7 +460,8 @@ class TestEnvs:
         exported = (remote_dir / "env.txt").read_text()
         assert "APP_ENV=production" in exported
         assert "OPENSSH PRIVATE KEY" not in exported and "PLUGIN" not in exported
-        assert "TARGET=" not in exported
+        # The target setting is not exported as TARGET (only sshipit's own fact, SSHIPIT_TARGET, names it).
+        assert "\nTARGET=" not in "\n" + exported and f"\nSSHIPIT_TARGET={remote_dir}\n" in exported
 
     def test_credentials_cannot_be_exported(
         self, server: LocalServer, keys: dict[str, KeyPair], remote_dir: Path, run_sshipit: RunSshipit

@@ -6,6 +6,9 @@ How a block runs:
   exactly the way that CI encodes them (`drone_env`, `woodpecker_env`, `github_env`, `gitlab_job`), secrets
   resolved to test values; sshipit then runs in a workspace holding the build output the examples name
   (WORKSPACE). The plugins of migration.md's "before" pipelines run with only the image swapped for sshipit's.
+  A pipeline with several sshipit steps that say what they follow (a split deploy: prepare steps, then a switch
+  step after them; Drone/Woodpecker `depends_on`, GitHub jobs with `needs` and a matrix) runs each step as a
+  process of its own, in an order the CI would run them (ci_order), with that step's (or matrix job's) variables.
 - sh: run by bash, with `sshipit` and `docker` on PATH as small shims (`docker run ... sshipit/sshipit` gets the
   container's variables and workspace, and runs sshipit as the image would).
 
@@ -31,6 +34,7 @@ import base64
 import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -58,11 +62,16 @@ CI_PAGES = ("drone.md", "woodpecker.md", "github-actions.md", "gitlab-ci.md", "m
 HOSTS = {
     "web1": "web1", "web1.example.com": "web1",
     "web2": "web2", "web2.example.com": "web2",
+    "web3": "web3", "web3.example.com": "web3",
     **{f"10.0.1.{11 + n}": f"app{n + 1}" for n in range(6)},
     "bastion": "bastion", "bastion.example.com": "bastion",
     "10.0.0.5": "bastion2",
 }
 MACHINES = sorted(set(HOSTS.values()))
+# Machines whose login may sudo without a password (a sudoers.d file the site fixture writes and removes): the
+# "Deploy as another user" examples run there. No other machine's login may sudo.
+SUDO_LOGINS = {"web3": "sshipit-docs-sudo"}
+SUDOERS = Path(f"/etc/sudoers.d/sshipit-docs-{os.getpid()}")  # its own: other runs go on at once
 
 # What the examples' secrets stand for (filled in per machine set: the key text, fingerprints, known_hosts).
 SECRET_KINDS = {
@@ -81,7 +90,8 @@ STUBS = {
     "npm": "exit 0",
     "curl": "exit 0",
     "docker-compose": "exit 0",
-    "sudo": 'exec "$@"',
+    # The real sudo where the login may use it (SUDO_LOGINS), else a stand-in that runs the command as the login.
+    "sudo": 'if /usr/bin/sudo -n true 2>/dev/null; then exec /usr/bin/sudo "$@"; fi; exec "$@"',
 }
 
 # The build output the examples deploy (what their build steps would have produced).
@@ -228,7 +238,7 @@ class Machine:
 
     def reset(self) -> None:
         """A fresh machine: an empty /srv/app owned by the deploy user, an empty home, no recorded calls."""
-        user = default_login_user()
+        user = pwd.getpwnam(self.server.user)
         for root in (self.srv, self.home):
             for child in root.iterdir():
                 if child.name == ".machine":
@@ -268,7 +278,7 @@ def _stub_dir(root: Path) -> Path:
 
 
 def _start_machine(name: str, root: Path, key: KeyPair, stubs: Path, host_keys: Path | None) -> Machine:
-    user = default_login_user()
+    user = localserver.ensure_user(SUDO_LOGINS[name]) if name in SUDO_LOGINS else default_login_user()
     workdir, srv, home = root / name / "sshd", root / name / "srv", root / name / "home"
     for path in (workdir, srv, home):
         path.mkdir(parents=True)
@@ -288,7 +298,8 @@ def _start_machine(name: str, root: Path, key: KeyPair, stubs: Path, host_keys: 
         f"mount --bind \"$1\" \"$2\" && shift 2 && exec {localserver.SSHD} \"$@\"' "
         f"{srv} {home} {user.pw_dir} \"$@\"\n")
     wrapper.chmod(0o755)
-    server = LocalServer(workdir, extra_config=f"SetEnv PATH={stubs}:/usr/local/bin:/usr/bin:/bin\n")
+    server = LocalServer(workdir, extra_config=f"SetEnv PATH={stubs}:/usr/local/bin:/usr/bin:/bin\n",
+                         user=user.pw_name)
     server.authorize(key.public_text)
     with mock.patch.object(localserver, "SSHD", str(wrapper)):
         server.start()
@@ -304,6 +315,9 @@ def site(keys: dict[str, KeyPair]) -> Iterator[Site]:
     root = Path(tempfile.mkdtemp(prefix="sshipit-docs-"))
     root.chmod(0o711)
     machines: dict[str, Machine] = {}
+    SUDOERS.parent.mkdir(exist_ok=True)  # made by the sudo package, which scripts/install installs
+    SUDOERS.write_text("".join(f"{login} ALL=(ALL:ALL) NOPASSWD: ALL\n" for login in SUDO_LOGINS.values()))
+    SUDOERS.chmod(0o440)
     try:
         stubs = _stub_dir(root)
         for name in MACHINES:
@@ -329,6 +343,7 @@ def site(keys: dict[str, KeyPair]) -> Iterator[Site]:
         for machine in machines.values():
             machine.server.stop()
         rmtree(root)
+        SUDOERS.unlink(missing_ok=True)
 
 
 def _shims(root: Path, machines: dict[str, Machine], fingerprint: str) -> Path:
@@ -339,6 +354,7 @@ def _shims(root: Path, machines: dict[str, Machine], fingerprint: str) -> Path:
         "hosts": {alias: machines[name].server.port for alias, name in HOSTS.items()},
         "machines": HOSTS,
         "login": default_login_user().pw_name,
+        "logins": {alias: SUDO_LOGINS[name] for alias, name in HOSTS.items() if name in SUDO_LOGINS},
         "fingerprint": fingerprint,
         "python": sys.executable,
     }
@@ -509,7 +525,7 @@ def _map(setting: str, item: str, config: dict[str, Any], machines: list[str]) -
         raise LookupError(f"no machine stands for host {name!r}: add it to HOSTS in tests/test_docs.py")
     if setting == "host":
         machines.append(config["machines"][name])
-    return f"{config['login']}@127.0.0.1:{config['hosts'][name]}"
+    return f"{config['logins'].get(name, config['login'])}@127.0.0.1:{config['hosts'][name]}"
 
 
 def _record(args: list[str], env: dict[str, str], machines: list[str]) -> None:
@@ -616,12 +632,17 @@ def _secret(secrets: dict[str, str], name: str) -> str:
     return secrets[name]
 
 
-def github_expression(text: str, secrets: dict[str, str]) -> str:
+def github_expression(text: str, secrets: dict[str, str], context: dict[str, str] | None = None) -> str:
+    """`${{ ... }}`: secrets, the github context, and a matrix job's `matrix.*`/`strategy.*` (`context`), with
+    `+ N` on a number (`strategy.job-index + 1`)."""
     def evaluate(match: re.Match[str]) -> str:
         expression = match.group(1).strip()
         if expression.startswith("secrets."):
             return _secret(secrets, expression.removeprefix("secrets."))
-        known = {"github.sha": COMMIT, "github.repository": "octo/app", "github.run_number": "42"}
+        known = {"github.sha": COMMIT, "github.repository": "octo/app", "github.run_number": "42", **(context or {})}
+        name, plus, number = (part.strip() for part in expression.partition("+"))
+        if plus and name in known and known[name].isdigit() and number.isdigit():
+            return str(int(known[name]) + int(number))
         if expression not in known:
             raise AssertionError(f"the test cannot evaluate ${{{{ {expression} }}}}")
         return known[expression]
@@ -629,7 +650,8 @@ def github_expression(text: str, secrets: dict[str, str]) -> str:
     return re.sub(r"\$\{\{(.*?)\}\}", evaluate, text)
 
 
-def github_env(step: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+def github_env(step: dict[str, Any], secrets: dict[str, str], context: dict[str, str] | None = None
+               ) -> dict[str, str]:
     """INPUT_<NAME> (upper-cased, spaces -> `_`, hyphens kept) for every `with` input, and for every input
     action.yml declares with a default; all strings. An input action.yml does not declare is an error here."""
     action = yaml.safe_load((REPO / "action.yml").read_text())
@@ -640,9 +662,9 @@ def github_env(step: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
     env = {f"INPUT_{name.upper().replace(' ', '_')}": str(spec["default"])
            for name, spec in declared.items() if "default" in spec and name not in given}
     for name, value in given.items():
-        env[f"INPUT_{name.upper().replace(' ', '_')}"] = github_expression(_scalar(value), secrets)
+        env[f"INPUT_{name.upper().replace(' ', '_')}"] = github_expression(_scalar(value), secrets, context)
     for name, value in (step.get("env") or {}).items():
-        env[str(name)] = github_expression(_scalar(value), secrets)
+        env[str(name)] = github_expression(_scalar(value), secrets, context)
     return env
 
 
@@ -656,10 +678,45 @@ def _image(step: dict[str, Any]) -> str:
     return name.split(":")[0]
 
 
-def _plugin_step(steps: list[dict[str, Any]], block: Block) -> dict[str, Any]:
+def _plugin_steps(steps: list[dict[str, Any]], block: Block) -> list[dict[str, Any]]:
+    """The sshipit step (or a plugin it replaces); or several, when they say which steps they follow
+    (`depends_on`, a split deploy's prepare and switch steps): then in an order the CI runs them in."""
     found = [step for step in steps if isinstance(step, dict) and _image(step) in PLUGIN_IMAGES]
+    if len(found) > 1 and any(step.get("depends_on") for step in found):
+        return ci_order({str(step["name"]): step for step in found}, "depends_on")
     assert len(found) == 1, f"{block.id}: expected one sshipit step (or a plugin it replaces), found {len(found)}"
-    return found[0]
+    return found
+
+
+def ci_order(items: dict[str, dict[str, Any]], follows: str) -> list[dict[str, Any]]:
+    """Steps or jobs in an order the CI may run them: each after those it names in `follows` (Drone and
+    Woodpecker `depends_on`, GitHub `needs`); the others in the file's order."""
+    done: list[str] = []
+    while len(done) < len(items):
+        ready = [name for name, item in items.items() if name not in done and all(
+            before in done or before not in items for before in _names(item.get(follows)))]
+        assert ready, f"a cycle in {follows}: {sorted(set(items) - set(done))}"
+        done.append(ready[0])
+    return [items[name] for name in done]
+
+
+def _names(value: object) -> list[str]:
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value] if isinstance(value, list) else []
+
+
+def github_jobs(data: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """Each sshipit step of a workflow, in job order (`needs`), once per matrix combination of its job (one matrix
+    key), with the `matrix.*` and `strategy.*` values the runner gives that job."""
+    runs = []
+    for job in ci_order({str(name): job for name, job in data["jobs"].items()}, "needs"):
+        matrix = (job.get("strategy") or {}).get("matrix") or {}
+        assert len(matrix) <= 1, "the test expands a matrix of one key"
+        combos = [{f"matrix.{key}": _scalar(value)} for key, values in matrix.items() for value in values] or [{}]
+        for index, combo in enumerate(combos):
+            context = {**combo, "strategy.job-index": str(index), "strategy.job-total": str(len(combos))}
+            runs += [(step, context) for step in job.get("steps", [])
+                     if str(step.get("uses", "")).split("@")[0] in ACTIONS]
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -672,6 +729,7 @@ class Outcome:
     stderr: str
     records: list[dict[str, Any]]
     extra: dict[str, str] = field(default_factory=dict)  # GitHub's output file, ...
+    steps: int = 1  # sshipit processes run (a split deploy's steps, one after the other)
 
     def __str__(self) -> str:
         return f"[exit {self.returncode}]\n--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
@@ -684,52 +742,61 @@ def run_block(block: Block, site: Site, workspace: Path, home: Path, tmp: Path) 
             "PATH": f"{site.shims}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     extra: dict[str, str] = {}
     if block.ci == "sh":
-        command, env = ["bash", "-e", "-c", block.text], {}
+        runs = [(["bash", "-e", "-c", block.text], {})]
     elif block.ci == "gitlab":
-        command, env = gitlab_job(block, site)
+        runs = [gitlab_job(block, site)]
     else:
-        settings_env, env = _ci_step(block, site, workspace, tmp)
-        env = {**env, **settings_env}
-        command = [str(site.shims / "sshipit")]
-        if block.ci == "github":
-            extra = {"GITHUB_OUTPUT": env["GITHUB_OUTPUT"], "GITHUB_STEP_SUMMARY": env["GITHUB_STEP_SUMMARY"]}
-    proc = subprocess.run(command, cwd=workspace, env=clean_env(home, {**env, **base}), capture_output=True,
-                          text=True, timeout=240, stdin=subprocess.DEVNULL, check=False)
+        runs = []
+        for settings_env, env in _ci_steps(block, site, workspace, tmp):
+            runs.append(([str(site.shims / "sshipit")], {**env, **settings_env}))
+            if block.ci == "github":
+                extra = {"GITHUB_OUTPUT": env["GITHUB_OUTPUT"], "GITHUB_STEP_SUMMARY": env["GITHUB_STEP_SUMMARY"]}
+    out, err, status = "", "", 0
+    for command, env in runs:  # a split deploy's steps: separate processes, each after those it follows
+        proc = subprocess.run(command, cwd=workspace, env=clean_env(home, {**env, **base}), capture_output=True,
+                              text=True, timeout=240, stdin=subprocess.DEVNULL, check=False)
+        out, err, status = out + proc.stdout, err + proc.stderr, proc.returncode
+        if status != 0:  # the CI runs no step after a failed one
+            break
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, records, extra)
+    return Outcome(status, out, err, records, extra, len(runs))
 
 
-def _ci_step(block: Block, site: Site, workspace: Path, tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """The settings as the CI hands them to the plugin, and the CI's own variables."""
+def _ci_steps(block: Block, site: Site, workspace: Path, tmp: Path) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """For each sshipit step, in the CI's order: the settings as the CI hands them to the plugin, and the CI's own
+    variables."""
     if block.ci == "drone":
         data = yaml.safe_load(drone_substitute(block.text, DRONE))
         if isinstance(data, dict) and "settings" in data and "image" not in data:  # a `settings:` fragment
             data = [{"name": "deploy", "image": "sshipit/sshipit", "settings": data["settings"]}]
         steps = data["steps"] if isinstance(data, dict) else data
-        step = _plugin_step(steps, block)
         (workspace / ".drone.yml").write_text(block.text)  # what sshipit may read back to recover commas
-        return drone_env(step.get("settings") or {}, site.secrets), {**DRONE, "DRONE_STEP_NAME": step["name"]}
+        return [(drone_env(step.get("settings") or {}, site.secrets), {**DRONE, "DRONE_STEP_NAME": step["name"]})
+                for step in _plugin_steps(steps, block)]
     if block.ci == "woodpecker":
         data = woodpecker_yaml(block.text)
         steps = data["steps"]
         if isinstance(steps, dict):
             steps = [{"name": name, **step} for name, step in steps.items()]
-        step = _plugin_step(steps, block)
         (workspace / ".woodpecker.yml").write_text(block.text)
-        return woodpecker_env(step.get("settings") or {}, site.secrets), {**WOODPECKER, "CI_STEP_NAME": step["name"]}
+        return [(woodpecker_env(step.get("settings") or {}, site.secrets), {**WOODPECKER, "CI_STEP_NAME": step["name"]})
+                for step in _plugin_steps(steps, block)]
     assert block.ci == "github", block.ci
     data = yaml.safe_load(block.text)
     if isinstance(data, dict) and "jobs" in data:
-        steps = [step for job in data["jobs"].values() for step in job.get("steps", [])]
+        found = github_jobs(data)
+        split = any(job.get("needs") for job in data["jobs"].values())  # jobs after jobs: each runs its step
     else:
         steps = data if isinstance(data, list) else [data]
-    found = [s for s in steps if str(s.get("uses", "")).split("@")[0] in ACTIONS]
-    assert len(found) == 1, f"{block.id}: expected one `uses: sshipit/sshipit@...` step (or an action it replaces)"
+        found, split = [(s, {}) for s in steps if str(s.get("uses", "")).split("@")[0] in ACTIONS], False
+    assert len(found) == 1 or (split and found), \
+        f"{block.id}: expected one `uses: sshipit/sshipit@...` step (or an action it replaces)"
     output, summary = tmp / "github_output", tmp / "github_summary.md"
     for path in (output, summary):
         path.write_text("")
-    return github_env(found[0], site.secrets), {**GITHUB, "GITHUB_WORKSPACE": str(workspace),
-                                                "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary)}
+    return [(github_env(step, site.secrets, context), {
+        **GITHUB, "GITHUB_WORKSPACE": str(workspace), "GITHUB_OUTPUT": str(output),
+        "GITHUB_STEP_SUMMARY": str(summary)}) for step, context in found]
 
 
 def gitlab_job(block: Block, site: Site) -> tuple[list[str], dict[str, str]]:
@@ -756,6 +823,8 @@ def check_success(block: Block, outcome: Outcome, site: Site) -> None:
     assert outcome.returncode == 0, f"{block.id} failed\n{outcome}"
     assert "Traceback" not in outcome.stderr, outcome
     assert outcome.records, f"{block.id}: sshipit never ran\n{outcome}"
+    if outcome.steps > 1:  # a split deploy: every step ran, each as its own process
+        assert len(outcome.records) == outcome.steps, f"{block.id}: a step did not run\n{outcome}"
     assert re.search(r"^summary: \d+ hosts?, all ok", outcome.stdout, re.M), outcome
     for record in outcome.records:
         settings = record["settings"]
@@ -773,18 +842,23 @@ def check_success(block: Block, outcome: Outcome, site: Site) -> None:
                     assert root.is_symlink(), f"{block.id}: no current release on {name}\n{outcome}"
                 uploaded = [p for p in root.rglob("*") if p.is_file() and p.name in {Path(f).name for f in WORKSPACE}]
                 assert uploaded, f"{block.id}: nothing uploaded to {target} on {name}\n{outcome}"
+            if target and settings.get("phase") == "switch":  # a split deploy's last step: the release is live
+                assert (machine.path(target) / "current").is_symlink(), f"{block.id}: not switched on {name}"
             commands = " ".join(settings.get(s, "") for s in ("commands", "post_commands", "healthcheck"))
             for stub in STUBS:
                 if re.search(rf"(^|[\s;&|,]){re.escape(stub)}\s", commands):
                     assert re.search(rf"^{re.escape(stub)} ", machine.calls, re.M), \
                         f"{block.id}: {stub} was not called on {name}\n{outcome}"
+            if settings.get("owner") and target and settings.get("sources"):  # what landed is the owner's
+                owner = pwd.getpwnam(settings["owner"].split(":")[0])
+                assert all(p.lstat().st_uid == owner.pw_uid for p in uploaded), f"{block.id}: not {owner.pw_name}'s"
             if "migrate.sh" in commands:
                 assert list(machine.srv.rglob(".migrated")) or list(machine.home.rglob(".migrated")), \
                     f"{block.id}: migrate.sh did not run on {name}\n{outcome}"
     if block.ci == "drone":
         payloads = re.findall(r"(?:^|\n)\x1b\]1338;([A-Za-z0-9+/=]+)\x1b\]0m\n", outcome.stdout)
-        assert len(payloads) == 1, f"{block.id}: expected one Drone card\n{outcome}"
-        assert json.loads(base64.b64decode(payloads[0]))["data"]["result"] == "ok"
+        assert len(payloads) == outcome.steps, f"{block.id}: expected one Drone card per step\n{outcome}"
+        assert all(json.loads(base64.b64decode(payload))["data"]["result"] == "ok" for payload in payloads)
     if block.ci == "github":
         assert "result=ok\n" in Path(outcome.extra["GITHUB_OUTPUT"]).read_text()
         assert "sshipit: " in Path(outcome.extra["GITHUB_STEP_SUMMARY"]).read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunSshipit
-from helpers import Result, plugin_env, rmtree, start_server
+from helpers import Result, at_home, login_home, plugin_env, rmtree, start_server
 from sshipit.localserver import KeyPair, LocalServer, generate_key
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -244,18 +244,10 @@ def fleet(server_root: Path, keys: dict[str, KeyPair]) -> Iterator[list[Member]]
     They all log in as the same user, so each server's sessions start in a directory of their own (sshd runs
     every command as `cd HOME && eval "$SSH_ORIGINAL_COMMAND"`): relative targets land apart, as on 20 machines.
     """
-    from sshipit.localserver import default_login_user
-
-    login = default_login_user()
-
     def start(number: int) -> Member:
         workdir = server_root / f"fleet-{number:02d}"
-        home = workdir / "home"
-        home.mkdir(parents=True)
-        os.chown(home, login.pw_uid, login.pw_gid)
-        home.chmod(0o755)
-        config = f'ForceCommand cd {home} && eval "$SSH_ORIGINAL_COMMAND"\n'
-        return Member(start_server(workdir, keys, config, authorize=("ed25519",)), home)
+        home = login_home(workdir / "home")
+        return Member(start_server(workdir, keys, at_home(home), authorize=("ed25519",)), home)
 
     with ThreadPoolExecutor(10) as pool:
         futures = [pool.submit(start, number) for number in range(FLEET_SIZE)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from conftest import RunSshipit
 from helpers import Result, plugin_env
 from sshipit.localserver import KeyPair, LocalServer
-from sshipit.manifest import plain_manifest_key, user_manifest_path
+from sshipit.manifest import Manifest, plain_manifest_key, trusted_mtime, user_manifest_path
 
 
 def make_site(workspace: Path, files: int = 40) -> Path:
@@ -49,6 +50,22 @@ def tree_digest(root: Path) -> dict[str, str]:
 def as_user(server: LocalServer, command: str) -> None:
     """Change files on the server as its login user would, by hand."""
     subprocess.run(["su", "-s", "/bin/sh", server.user, "-c", command], check=True)
+
+
+def test_mtimes_are_trusted_only_when_old_enough_and_well_formed() -> None:
+    """An mtime stands for the content only when set more than a second before this run started (an edit after
+    the file was read gets another one) and after 1980-01-01 (what reproducible builds set); a manifest's mtimes
+    are the login's to write, so anything but the shape we write means no manifest (a full upload)."""
+    assert trusted_mtime(1_700_000_000)
+    assert not trusted_mtime(int(time.time()))
+    assert not any(trusted_mtime(t) for t in (0, 1, 315_532_800, 2**62))
+    good = Manifest(files={"a": (1, 0o644, "0" * 64)}, mtimes={"a": 1_700_000_000})
+    parsed = Manifest.loads(good.dumps())
+    assert parsed is not None and parsed.mtimes == {"a": 1_700_000_000}
+    for bad in ({"b": 1_700_000_000}, {"a": 1.5}, {"a": 5}, {"a": "1700000000"}, {"a": 2**64}, []):
+        data = json.loads(good.dumps())
+        data["mtimes"] = bad
+        assert Manifest.parse(json.dumps(data))[0] is None, bad
 
 
 class TestPlain:
@@ -127,6 +144,63 @@ class TestPlain:
         (site / "d1/f1.txt").write_text(original.replace("1", "9"))  # same size, other bytes
         assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (1, 3)
         assert (remote_dir / "site/d1/f1.txt").read_text() == original.replace("1", "9")
+
+    def test_size_and_mtime_stand_for_the_content_as_rsync_decides(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        """A file with the size and mtime it had when its hash was taken is not read again (rsync's quick check):
+        bytes changed behind a restored mtime stay as deployed. Another mtime, or one a reproducible build sets
+        (1980 and before), and the file is read, and sent when it differs."""
+        site = make_site(workspace, files=4)
+        old = 1_700_000_000
+        for path in site.rglob("*.txt"):
+            os.utime(path, (old, old))
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        edited = site / "d1/f1.txt"
+        original = edited.read_text()
+        edited.write_text(original.replace("1", "9"))  # same size, other bytes, the mtime put back
+        os.utime(edited, (old, old))
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (0, 4)
+        assert (remote_dir / "site/d1/f1.txt").read_text() == original
+        # checksum: true (rsync -c) reads every file: the same edit is found and sent
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir, checksum=True)) == (1, 3)
+        assert (remote_dir / "site/d1/f1.txt").read_text() == original.replace("1", "9")
+        edited.write_text(original)
+        os.utime(edited, (old + 2, old + 2))
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (1, 3)  # another mtime: read
+        assert (remote_dir / "site/d1/f1.txt").read_text() == original
+        edited.write_text(original.replace("1", "9"))
+        os.utime(edited, (old + 1, old + 1))
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (1, 3)
+        assert (remote_dir / "site/d1/f1.txt").read_text() == original.replace("1", "9")
+        for path in site.rglob("*.txt"):  # a reproducible build: every file dated 1 (Nix), whatever changed
+            os.utime(path, (1, 1))
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (0, 4)
+        edited.write_text(original.replace("1", "7"))
+        os.utime(edited, (1, 1))
+        assert sent(self.go(run_sshipit, server, keys["ed25519"], remote_dir)) == (1, 3)
+        assert (remote_dir / "site/d1/f1.txt").read_text() == original.replace("1", "7")
+
+    def test_one_changed_file_sends_the_headers_of_its_own_directories_only(
+        self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+    ) -> None:
+        """Directory headers travel for new directories, changed modes and the directories above what is sent:
+        one changed file among 400 directories sends a few headers, not 400 (every merged directory keeps its
+        mode: test_fidelity::test_incremental_deploys_keep_every_directory_mode)."""
+        site = workspace / "site"
+        for n in range(400):
+            (site / f"d{n % 20}" / f"e{n}").mkdir(parents=True)
+            (site / f"d{n % 20}" / f"e{n}" / "f.txt").write_text(f"{n}\n")
+        self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        (site / "d3/e3/f.txt").write_text("changed\n")
+        result = self.go(run_sshipit, server, keys["ed25519"], remote_dir)
+        assert sent(result) == (1, 399)
+        match = re.search(r"over tar, ([\d.]+) (B|KB|MB) sent", result.stdout)
+        assert match, result
+        wire = float(match.group(1)) * {"B": 1, "KB": 1024, "MB": 1 << 20}[match.group(2)]
+        # 420 directory headers alone would be 210 KB; the manifest that travels along is ~60 KB
+        assert wire < 120 * 1024, result.stdout
+        assert (remote_dir / "site/d3/e3/f.txt").read_text() == "changed\n"
 
     def test_hand_edited_or_removed_files_on_the_server_are_sent_again(
         self, server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit

@@ -15,11 +15,12 @@ import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sshipit.compress import ZSTD_LEVELS, choose_compression, next_level
 from sshipit.connect import _Coalescing
 from sshipit.manifest import HASH, Manifest, file_hash, forget_local_hashes, local_hash
 from sshipit.remote import ServerTraits
 from sshipit.sources import Entry
-from sshipit.upload import ZSTD_LEVELS, _tarfile_header, choose_compression, next_level, tar_header
+from sshipit.upload import _tarfile_header, tar_header
 
 names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"), min_size=1, max_size=60)
 paths = st.lists(names, min_size=1, max_size=4).map("/".join)

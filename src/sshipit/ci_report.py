@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
@@ -61,6 +62,8 @@ def publish(
         problems += _write("GITHUB_STEP_SUMMARY", summary_path, markdown(data), "a")
     if output_path:
         outputs = {"release": data["release_id"], "result": data["result"], "hosts_failed": data["hosts_failed"]}
+        if data["mode"] == "releases":  # list_releases: the live release per host, as JSON (null: none)
+            outputs["releases"] = json.dumps(data["live"], separators=(",", ":"), sort_keys=True)
         lines = "".join(f"{name}={' '.join(str(value).split())}\n" for name, value in outputs.items())
         problems += _write("GITHUB_OUTPUT", output_path, lines, "a")
     if problems:
@@ -88,6 +91,12 @@ def card_data(
                 "max_failures)"
     else:
         title = f"Rolled back {noun}" if rollback else f"Deployed to {noun}"
+        if plan is not None and plan.phase == "prepare":  # a split deploy's prepare job: nothing went live
+            title = f"Prepared release {plan.release.id} on {noun}; nothing switched"
+    listing = plan is not None and plan.list_releases
+    if listing:
+        title = f"Releases on {noun}" if ok and error is None else \
+            f"Listing releases failed on {len(failed)} of {noun}" if error is None else title
     commit = plan.release.commit if plan is not None else next((environ[v] for v in _COMMITS if environ.get(v)), "")
     repo = plan.release.repo if plan is not None else ""
     build = plan.release.build if plan is not None else ""
@@ -101,7 +110,8 @@ def card_data(
         "result": "ok" if ok else "failed",
         "color": "Good" if ok and not failed else "Warning" if ok else "Attention",
         "error": error or "",
-        "mode": "rollback" if rollback else "atomic" if plan is not None and plan.atomic else "plain",
+        "mode": "releases" if listing else "rollback" if rollback else "atomic" if plan is not None and plan.atomic
+        else "plain",
         "release": ", ".join(releases) or "-",
         "release_id": releases[0] if len(releases) == 1 else ",".join(releases),
         "commit": commit[:7] or "-",
@@ -120,7 +130,22 @@ def card_data(
         "seconds": round(seconds, 3),
         "duration": f"{seconds:.1f}s",
         "hosts": [_host_row(r) for r in results],
+        "releases": _release_rows(results) if listing else [],
+        "live": {r.host.label: r.release for r in results if r.listing is not None},
     }
+
+
+CARD_RELEASES = 20  # rows per host on the card and in the summary: the newest; the log lists them all
+
+
+def _release_rows(results: list[HostResult]) -> list[dict[str, object]]:
+    """list_releases: a row per host and release (release_list.py says what each field is)."""
+    from sshipit.release_list import missing_on, release_rows
+
+    lacking = missing_on(results)
+    return [{"host": r.host.label, "id": row[0], "created": row[1], "commit": row[2], "state": row[3],
+             "size": row[4], "note": row[5]}
+            for r in results if r.listing is not None for row in release_rows(r.listing, lacking)[:CARD_RELEASES]]
 
 
 def _host_row(r: HostResult) -> dict[str, object]:
@@ -150,6 +175,13 @@ def markdown(data: dict[str, object]) -> str:
         lines += [f"| {row['result']} | {_cell(str(row['host']))} | {_cell(str(row['release']))} | "
                   f"{row['duration']} | {row['sent']} | {_cell(str(row['error']))} |" for row in hosts]
         lines.append("")
+    releases = data.get("releases")
+    if data["mode"] == "releases" and isinstance(releases, list):
+        lines += ["| host | release | created | commit | state | size | note |", "|---|---|---|---|---|--:|---|"]
+        lines += [f"| {_cell(str(row['host']))} | {_inert(str(row['id']))} | {row['created']} | {row['commit']} | "
+                  f"{row['state']} | {row['size']} | {_inert(str(row['note']))} |" for row in releases]
+        lines += ["", f"at most {CARD_RELEASES} releases per host, the newest · {data['duration']}"]
+        return "\n".join(lines) + "\n\n"
     lines.append(f"release `{data['release']}` · commit `{data['commit']}` · {data['files']} files "
                  f"({data['size']}, {data['sent']} sent) · {data['duration']}")
     return "\n".join(lines) + "\n\n"
@@ -158,6 +190,12 @@ def markdown(data: dict[str, object]) -> str:
 def _cell(text: str) -> str:
     """A Markdown table cell: one line, no column breaks."""
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def _inert(text: str) -> str:
+    """A cell of a server's text (a release's name): every Markdown mark escaped, so a name never becomes a link,
+    an image, a code span or a column break."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~&])", r"\\\1", " ".join(text.split()))
 
 
 def _masked(value: object, console: Console) -> object:

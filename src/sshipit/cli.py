@@ -27,8 +27,10 @@ _EPILOG = """\
 Every setting can also be given as an environment variable: PLUGIN_<NAME> (Drone, Woodpecker) or
 INPUT_<NAME> (GitHub Actions), e.g. PLUGIN_HOST=web1 PLUGIN_SCRIPT_STOP=false. Flags win over variables.
 Lists: repeat the flag (--command a --command b), or in a variable give a JSON array or comma-joined text.
-Subcommands: `sshipit rollback [settings]` switches every host back to its previous good release;
-`sshipit plan [settings]` shows per host what a deploy would do, changing nothing.
+Subcommands: `sshipit rollback [RELEASE_ID] [settings]` switches every host back to its previous good release,
+or to the named one (back or forward) if every host holds it complete;
+`sshipit plan [settings]` shows per host what a deploy would do, changing nothing;
+`sshipit releases [settings]` lists each host's releases (id, created, commit, state, size), changing nothing.
 Exit status: 0 success; a failing command's own status; 124 command_timeout; 2 bad settings; 1 otherwise.
 """
 
@@ -64,15 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# `sshipit rollback ...` is `--rollback` with the same settings; `sshipit plan ...` is `--dry-run`.
-SUBCOMMANDS = {"rollback": "rollback", "plan": "dry_run"}
+# `sshipit rollback ...` is `--rollback` with the same settings; `sshipit plan ...` is `--dry-run`;
+# `sshipit releases ...` is `--list-releases`.
+SUBCOMMANDS = {"rollback": "rollback", "plan": "dry_run", "releases": "list_releases"}
 
 
 def read_settings(argv: list[str], environ: dict[str, str]) -> RawSettings:
     raw = from_environment(environ)
     if argv and argv[0] in SUBCOMMANDS:
-        raw.known[SUBCOMMANDS[argv[0]]] = Raw(origin=argv[0], text="true")
-        argv = argv[1:]
+        named = argv[0] == "rollback" and len(argv) > 1 and not argv[1].startswith("-")  # rollback <release id>
+        raw.known[SUBCOMMANDS[argv[0]]] = Raw(origin=argv[0], text=argv[1] if named else "true")
+        argv = argv[2 if named else 1:]
     if argv:
         namespace = _parser().parse_args(argv)
         for setting in CATALOGUE:
@@ -165,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                     console.info(f"setting {name} = {value}")
             if len(plans) > 1:  # several targets (drone-scp), or drone-rsync's prescript run before the sync
                 console.info(f"target {plan.target}" if plan.target else "prescript: before the upload")
-            results += asyncio.run(deploy(plan, console))
+            if plan.list_releases and not plan.dry_run:  # read only; `sshipit plan` says so (dryrun.py)
+                from sshipit.release_list import list_releases
+
+                results += asyncio.run(list_releases(plan, console))
+            else:
+                results += asyncio.run(deploy(plan, console))
             if exit_status(results):
                 break  # a target failed: the next ones are not touched
         seconds = time.monotonic() - started

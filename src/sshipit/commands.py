@@ -1,8 +1,9 @@
 """Running the user's commands on a host: one remote shell, live output, honest exit statuses.
 
-Owns the remote script (exports, `cd` into the target, each command evaluated whole so if/else blocks and
-heredocs are never cut apart, stop-at-first-failure), how it reaches the server (on stdin, checked for
-completeness before anything runs, so values never appear in a remote argv), streaming output line by line
+Owns the remote script (the deploy's facts and the envs as exports, `cd` into the target, each command evaluated
+whole so if/else blocks and heredocs are never cut apart, stop-at-first-failure), how it reaches the server (on
+stdin, checked for completeness before anything runs, so values never appear in a remote argv), streaming output
+line by line
 (in time linear and memory bounded for any bytes; a line too long to hold is cut where no secret is split),
 which line of the user's command failed (bash's ERR trap, and bash's own `line N` mapped back to it),
 `command_timeout`, and not hanging on commands that leave a background job running.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import posixpath
 import re
 import secrets
 from collections.abc import Callable
@@ -48,8 +50,37 @@ class CommandsResult:
     unstopped: str = ""  # timed out, and the stop was not confirmed: why (so it may still be running)
 
 
-def build_script(plan: Plan, nonce: str, commands: list[str], cwd: str | None) -> str:
-    """The whole remote script. Markers (\\037 + nonce) tell the reader which command runs and how it ended."""
+@dataclass
+class Facts:
+    """What one host's remote commands are told about the deploy, as SSHIPIT_* variables (plan.facts). Each host
+    works on a copy of the plan with its own Facts (session.deploy_host); atomic.py fills in the releases once it
+    knows them."""
+
+    host: str = ""  # the host's label, as the output names it
+    target: str = ""
+    commit: str = ""
+    release: str = ""  # the new release's id (in after_rollback: the release live again); empty in plain mode
+    previous: str = ""  # the release that was live before (in after_rollback: the one rolled back from)
+    path: str = ""  # where this deploy's files are: the release's directory, or the target in plain mode
+    error: str | None = None  # on_failure only: the host's error line, masked
+
+    def exports(self) -> list[tuple[str, str, bool]]:
+        """(name, value, is a remote path) in a stable order; the paths are made absolute on the server."""
+        pairs = [("SSHIPIT_HOST", self.host, False), ("SSHIPIT_TARGET", self.target, True),
+                 ("SSHIPIT_COMMIT", self.commit, False), ("SSHIPIT_RELEASE", self.release, False),
+                 ("SSHIPIT_PREVIOUS_RELEASE", self.previous, False), ("SSHIPIT_RELEASE_PATH", self.path, True)]
+        if self.error is not None:
+            pairs.append(("SSHIPIT_ERROR", self.error, False))
+        return pairs
+
+
+def build_script(plan: Plan, nonce: str, commands: list[str], cwd: str | None, make_cwd: bool = True) -> str:
+    """The whole remote script. Markers (\\037 + nonce) tell the reader which command runs and how it ended.
+
+    The deploy's facts (plan.facts: SSHIPIT_RELEASE, SSHIPIT_HOST, ...) are exported before the `cd`, so that a
+    relative target is made absolute from where the login starts; the user's envs follow. `make_cwd=False`: a
+    missing `cwd` is not created, the commands run in the login's start directory instead (on_failure, after a
+    failure that left no target)."""
 
     def mark(what: str) -> str:
         return f"printf '\\037{nonce}:{what}\\037\\n'"
@@ -62,8 +93,12 @@ def build_script(plan: Plan, nonce: str, commands: list[str], cwd: str | None) -
         f"\"$LINENO\" \"$__sshipit_e\"' ERR",
         f"printf '\\037{nonce}:pid:%d\\037\\n' \"$$\"",
     ]
-    if cwd is not None:
+    for name, value, is_path in plan.facts.exports():
+        lines.append(f"export {name}={absolute(value) if is_path else quote(value)}")
+    if cwd is not None and make_cwd:
         lines.append(f"mkdir -p -- {shell_path(cwd)} && cd -- {shell_path(cwd)} || exit 1")
+    elif cwd is not None:
+        lines.append(f"cd -- {shell_path(cwd)} 2>/dev/null || :")
     for name, value in plan.exports:
         lines.append(f"export {name}={quote(value)}")
     lines.append("__sshipit_first=0")
@@ -81,6 +116,14 @@ def build_script(plan: Plan, nonce: str, commands: list[str], cwd: str | None) -
     lines.append('exit "$__sshipit_first"')
     lines.append(sentinel(nonce))
     return "\n".join(lines)
+
+
+def absolute(path: str) -> str:
+    """A remote path, quoted, made absolute from the start directory (where relative targets are)."""
+    if not path or path.startswith("/"):
+        return quote(path)
+    normal = posixpath.normpath(path)
+    return '"$PWD"' if normal == "." else '"$PWD"/' + quote(normal)
 
 
 def eval_ends(script: str, nonce: str, commands: list[str]) -> list[int]:
@@ -287,12 +330,13 @@ async def run_commands(
     emit: Emit,
     show_command: Callable[[int], None],
     timeout: float | None = None,
+    make_cwd: bool = True,
 ) -> CommandsResult:
-    """Run `commands` in one remote shell started in `cwd` (created if missing)."""
+    """Run `commands` in one remote shell started in `cwd` (created if missing, unless `make_cwd` is False)."""
     import asyncssh
 
     nonce = secrets.token_hex(6)
-    script = build_script(plan, nonce, commands, cwd).encode("utf-8", "surrogateescape")
+    script = build_script(plan, nonce, commands, cwd, make_cwd).encode("utf-8", "surrogateescape")
     limit = plan.command_timeout if timeout is None else timeout
     loop = asyncio.get_running_loop()
     started = loop.time()

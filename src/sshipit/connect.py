@@ -8,7 +8,8 @@ chain, from an inventory or ssh_config, is shared likewise by the hosts that nam
 sshconfig.ProxyCommand), agent forwarding to targets that ask for it (never to hops), retries with
 backoff for transient errors, and the translation of every connect failure into one `DeployError` line naming
 the host (or the hop) and the setting to check. The connection returned here is the
-only one a host session uses.
+only one a host session uses. Also: how much of a connection's outgoing data may wait in its socket buffer
+(socket_drained, for fleets).
 """
 
 from __future__ import annotations
@@ -566,3 +567,17 @@ def _connect_error(endpoint: _Endpoint, via: str | None, plan: Plan, exc: BaseEx
         return DeployError(f"{where}: cannot connect: {exc.strerror or exc}", setting=address_setting,
                            hint="check the address and the network path", phase="connect")
     return DeployError(f"{where}: cannot connect: {exc}", setting=host_setting, phase="connect")
+
+
+async def socket_drained(conn: SSHClientConnection, limit: int) -> None:
+    """Wait until at most `limit` bytes of the connection wait in its socket buffer.
+
+    asyncssh hands a channel's data to the socket buffer as far as the server's window allows (2 MB with OpenSSH)
+    and ignores the transport's pause: with a slow link or a busy server, each host of a fleet would buffer up to
+    2 MB of encrypted packets here (500 hosts: 1 GB). Polled, since asyncssh offers no event for it."""
+    transport = getattr(conn, "_transport", None)
+    queued = getattr(transport, "get_write_buffer_size", None)
+    delay = 0.001
+    while queued is not None and queued() > limit and not conn.is_closed():
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 0.02)

@@ -13,9 +13,10 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sshipit.commands import Facts
 from sshipit.commas import read_commands
 from sshipit.errors import SettingsError
 from sshipit.hosts import (
@@ -29,7 +30,9 @@ from sshipit.hosts import (
     plan_jumps,
     read_hosts,
 )
-from sshipit.rules import Masker, clean_relative, is_precious, is_shell_name, remote_target
+from sshipit.phases import phase_settings, read_phase, read_rollback
+from sshipit.privilege import Privileges, chmod_entries, read_privileges
+from sshipit.rules import Masker, clean_relative, is_precious, is_shell_name, release_name, remote_target
 from sshipit.settings import (
     CATALOGUE,
     Raw,
@@ -83,6 +86,21 @@ class Plan:
     max_failures: int = 0  # failed hosts tolerated before the rest is stopped (a count, percentages resolved)
     retries: int = 2  # connection attempts after the first, for transient errors only
     keepalive: float = 15.0
+    checksum: bool = False  # hash every file, even one whose size and mtime match the manifest (rsync -c)
+    privileges: Privileges = field(default_factory=Privileges)  # sudo, owner, chmod (privilege.py)
+    list_releases: bool = False  # only list each host's releases (release_list.py); nothing is deployed
+    # Releases chosen by name, split deploys (phases.py): set at the end of _build.
+    phase: str = "all"  # all, prepare (switch nothing) or switch (switch to a release every host holds)
+    shard: tuple[int, int] | None = None  # (K, N): this job prepares the K-th of N shares of the hosts
+    all_hosts: int = 0  # hosts before sharding
+    rollback_to: str | None = None  # rollback to this release id; None: the previous good one
+    check_only: bool = False  # only check that each host can switch (deploy.py, before batches switch)
+    # Commands around the deploy (hooks.py): run_once on one host before any switch, the hooks on each host.
+    run_once: list[str] = field(default_factory=list)
+    before_upload: list[str] = field(default_factory=list)
+    on_failure: list[str] = field(default_factory=list)
+    after_rollback: list[str] = field(default_factory=list)
+    facts: Facts = field(default_factory=Facts)  # this host's (session.deploy_host gives each host its own)
 
 
 # ---------------------------------------------------------------------------------------------------- releases
@@ -92,17 +110,24 @@ class Plan:
 
 @dataclass(frozen=True)
 class ReleaseSpec:
-    """What the new release is called and what its metadata says."""
+    """What the new release is called and what its metadata says.
+
+    `fixed`: the id was given (release_id) or derived from the build, so every job of a split deploy uses it: it
+    is never renamed (release.py reuses or replaces a release of that id instead). `stamp`: when it was made, to
+    the millisecond; releases are ordered by it (an id that starts with a stamp is ordered by that).
+    """
 
     id: str
     commit: str = ""
     build: str = ""
     repo: str = ""
     created: str = ""
+    stamp: str = ""
+    fixed: bool = False
 
     def metadata(self, result: str, **extra: str) -> str:
         data = {"id": self.id, "commit": self.commit, "build": self.build, "repo": self.repo,
-                "created": self.created, "result": result, **extra}
+                "created": self.created, "stamp": self.stamp, "result": result, **extra}
         return json.dumps(data, sort_keys=True)
 
     def owner(self) -> str:
@@ -123,8 +148,11 @@ def release_stamp(now: float) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}"
 
 
-def new_release(environ: Mapping[str, str], now: float | None = None) -> ReleaseSpec:
-    """Release ids sort by time and carry the short commit: 20261123-204612.345-abc1234."""
+def new_release(environ: Mapping[str, str], now: float | None = None, *, release_id: str | None = None,
+                derived: bool = False) -> ReleaseSpec:
+    """The new release. By default its id sorts by time and carries the short commit: 20261123-204612.345-abc1234,
+    unique per run. `release_id` names it; `derived` (a split deploy: several jobs, one release) makes it the same
+    in every job of a build: <build number>-<short commit>, e.g. 42-abc1234."""
     now = time.time() if now is None else now
     commit = next((environ[v] for v in ("DRONE_COMMIT_SHA", "CI_COMMIT_SHA", "GITHUB_SHA") if environ.get(v)), "")
     short = _UNSAFE.sub("", commit)[:7]
@@ -132,8 +160,18 @@ def new_release(environ: Mapping[str, str], now: float | None = None) -> Release
                   if environ.get(v)), "")
     repo = next((environ[v] for v in ("DRONE_REPO", "CI_REPO", "GITHUB_REPOSITORY") if environ.get(v)), "")
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return ReleaseSpec(release_stamp(now) + (f"-{short}" if short else ""), commit[:64], build[:32], repo[:200],
-                       created)
+    stamp = release_stamp(now)
+    spec = ReleaseSpec(stamp + (f"-{short}" if short else ""), commit[:64], build[:32], repo[:200], created, stamp)
+    if release_id is not None:
+        return replace(spec, id=release_id, fixed=True)
+    if derived:
+        parts = [part for part in (_UNSAFE.sub("", build)[:20], short) if part]
+        if not parts:
+            raise SettingsError("the jobs of a split deploy need one release id, and none can be derived here (no "
+                                "build number or commit in the environment)", setting="release_id",
+                                hint="set release_id to the same name in every job (e.g. the build number)")
+        return replace(spec, id="-".join(parts), fixed=True)
+    return spec
 
 
 # ------------------------------------------------------------------------------------------------------- build
@@ -174,6 +212,8 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
         if key in seen:
             raise SettingsError(f"host {host.written!r} is listed twice", setting="host")
         seen.add(key)
+    all_hosts = len(hosts)
+    phase, shard, hosts = read_phase(values, hosts)
     if not credentials.keys and not credentials.password and not credentials.agent_path \
             and not all(host.credentials for host in hosts):
         raise SettingsError(
@@ -242,14 +282,23 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
             raise SettingsError(f"cannot read script_file {script_file}: {reason}", setting="script_file") from None
     # Atomic releases
     atomic = values.flag("atomic")
-    rollback = values.flag("rollback")
+    rollback, rollback_to = read_rollback(values)
+    release_id = values.text("release_id")
+    if rollback and phase != "all":
+        raise SettingsError(f"rollback switches to a release the hosts hold already; phase: {phase} is for "
+                            "deploying a new one", setting="phase", hint="remove phase from the rollback step")
+    if rollback and release_id:
+        raise SettingsError("release_id names a new release, and rollback deploys none", setting="release_id",
+                            hint="to switch every host to an existing release, write rollback: <its id>")
     shared = [clean_relative(p, "shared") + ("/" if p.endswith("/") else "") for p in values.items("shared")]
     post_commands = command_list("post_commands")
+    around = {name: command_list(name) for name in AROUND}
     healthcheck = (values.text("healthcheck") or "").strip() or None
-    if (atomic or rollback) and target is None and not all(host.target for host in hosts):
+    list_releases = _listing_only(values, target is not None or all(host.target for host in hosts))
+    if (atomic or rollback or phase != "all") and target is None and not all(host.target for host in hosts):
         raise SettingsError("atomic releases need a target", setting="target",
                             hint="set target to the directory that will hold releases/, current and shared/")
-    if not atomic and not rollback:
+    if not atomic and not rollback and phase == "all":
         for name, used in (("shared", shared), ("post_commands", post_commands), ("healthcheck", healthcheck)):
             if used:
                 raise SettingsError(f"{name} needs atomic: true", setting=name,
@@ -261,7 +310,9 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
     compress = (values.text("compress") or "auto").strip().lower()
     if compress not in ("auto", "zstd", "gzip", "none"):
         raise SettingsError(f"compress: {compress!r} is not one of auto, zstd, gzip, none", setting="compress")
-    if not upload and not commands and not rm and not delete and not rollback:
+    phase_settings(phase, values, post_commands, healthcheck)
+    if not upload and not commands and not rm and not delete and not rollback and phase != "switch" \
+            and not list_releases and not around["run_once"]:
         raise SettingsError("nothing to do: no sources and no commands", setting="sources",
                             hint="set sources and target to upload, commands to run, or both")
 
@@ -288,9 +339,10 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
         request_pty=values.flag("request_pty"),
         dry_run=values.flag("dry_run"),
         incremental=values.flag("incremental"),
+        checksum=values.flag("checksum"),
         prune=values.flag("prune"),
         compress=compress,
-        atomic=atomic or rollback,
+        atomic=atomic or rollback or phase != "all",
         rollback=rollback,
         keep_releases=keep_releases,
         shared=shared,
@@ -298,7 +350,8 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
         healthcheck=healthcheck,
         healthcheck_timeout=values.duration("healthcheck_timeout"),
         lock_timeout=values.duration("lock_timeout"),
-        release=new_release(environ),
+        release=new_release(environ, release_id=release_name(release_id, "release_id") if release_id else None,
+                            derived=phase != "all"),
         parallel=parallel,
         debug=values.flag("debug"),
         workspace=workspace,
@@ -307,13 +360,46 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
         shown={},
     )
     _fleet(plan, values)
+    plan.privileges = read_privileges(values.text, values.flag)
+    masker.add(plan.privileges.sudo_password)
+    if upload is not None and plan.privileges.chmod:  # before any manifest compares modes: as they will land
+        chmod_entries(upload.entries, plan.privileges.chmod)
+    plan.phase, plan.shard, plan.all_hosts, plan.rollback_to = phase, shard, all_hosts, rollback_to
+    plan.list_releases = list_releases
+    _around(plan, around)
     plan.shown = _shown(raw, masker)
     _warn_unknown(raw, values.items("envs"), warnings)
     return plan
 
 
+# ------------------------------------------------------------------------------------------ around the deploy
+
+AROUND = ("run_once", "before_upload", "on_failure", "after_rollback")  # what hooks.py runs
+FACTS_PREFIX = "SSHIPIT_"  # the facts' names (Facts.exports): never the user's envs
+
+
+def _around(plan: Plan, around: dict[str, list[str]]) -> None:
+    """run_once and the hooks, checked against the deploy's shape: one that could not run is refused or said."""
+    if around["after_rollback"] and not plan.atomic:
+        raise SettingsError("after_rollback needs atomic: true (only releases are switched back)",
+                            setting="after_rollback", hint="set atomic: true, or remove after_rollback")
+    if around["run_once"] and plan.phase == "prepare":
+        raise SettingsError("run_once runs right before the switch, and phase: prepare switches nothing",
+                            setting="run_once", hint="move run_once to the switch job's settings")
+    if around["before_upload"] and plan.phase == "switch":
+        raise SettingsError("before_upload runs before the upload, and phase: switch uploads nothing",
+                            setting="before_upload", hint="move before_upload to the prepare jobs' settings")
+    if plan.rollback:
+        for name in ("run_once", "before_upload"):
+            if around[name]:
+                plan.warnings.append(f"{name} does not run with rollback (no new release is deployed)")
+    plan.run_once, plan.before_upload = around["run_once"], around["before_upload"]
+    plan.on_failure, plan.after_rollback = around["on_failure"], around["after_rollback"]
+
+
 _CREDENTIALS = {"password", "key", "ssh_key", "key_path", "passphrase", "ssh_passphrase",
-                "proxy_password", "proxy_key", "proxy_ssh_key", "proxy_key_path", "proxy_passphrase"}
+                "proxy_password", "proxy_key", "proxy_ssh_key", "proxy_key_path", "proxy_passphrase",
+                "sudo_password", "become_password"}
 
 
 def _exports(envs: list[str], raw: RawSettings, environ: dict[str, str], warnings: list[str]) -> list[tuple[str, str]]:
@@ -328,11 +414,17 @@ def _exports(envs: list[str], raw: RawSettings, environ: dict[str, str], warning
         if name.lower() == "all":
             for key, entry in sorted(raw.extra.items()):
                 shell_name = key.upper()
-                if is_shell_name(shell_name) and entry.text is not None:
+                if shell_name.startswith(FACTS_PREFIX):
+                    warnings.append(f"envs: all: {entry.origin} would replace sshipit's own {shell_name}; "
+                                    "not exported")
+                elif is_shell_name(shell_name) and entry.text is not None:
                     exports[shell_name] = entry.text
                 else:
                     warnings.append(f"envs: all: {entry.origin} is not a valid shell variable name; not exported")
             continue
+        if name.upper().startswith(FACTS_PREFIX):
+            raise SettingsError(f"envs: {name} is one of sshipit's own variables (the deploy's facts)",
+                                setting="envs", hint=f"export it under a name that does not start with {FACTS_PREFIX}")
         if name.lower() in _CREDENTIALS:
             raise SettingsError(f"envs: {name} is a credential and is never exported", setting="envs",
                                 hint="export it under another setting name if a command truly needs it")
@@ -420,3 +512,26 @@ def _share(text: str, name: str, total: int, *, at_least_one: bool) -> int:
     share = percent * total / 100
     # The 1e-9 absorbs float noise: 70% of 10 is 7.000000000000001, and must stay 7.
     return max(1, math.ceil(share - 1e-9)) if at_least_one else math.floor(share + 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- listing releases
+# `sshipit releases` / list_releases: true reads each host's releases and changes nothing (release_list.py).
+
+# What a deploy would upload, run, switch or remove: a listing does none of it, so each is refused, never ignored.
+_NOT_WITH_LISTING = ("sources", "commands", "script_file", "rm", "delete", "shared", "post_commands",
+                     "healthcheck", "rollback", "phase", "shard", "release_id", "owner", "chmod")
+
+
+def _listing_only(values: Values, has_target: bool) -> bool:
+    """list_releases, checked: it needs a target and no setting of a deploy."""
+    if not values.flag("list_releases"):
+        return False
+    for name in _NOT_WITH_LISTING:
+        text = (values.text(name) or "").strip() if values.has(name) else ""
+        if text and text.lower() not in ("false", "no", "off", "0", "all"):
+            raise SettingsError(f"list_releases only lists the releases and changes nothing, but {name} is set "
+                                "too", setting=name, hint=f"list releases in a step of their own, without {name}")
+    if not has_target:
+        raise SettingsError("list_releases needs a target", setting="target",
+                            hint="set target to the directory that holds releases/ and current")
+    return True

@@ -77,24 +77,36 @@ async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None
     comes back gzipped where the server has gzip. `then` is built by the caller with every value quoted."""
     import asyncssh
 
+    try:
+        result = await capture(conn, probe_command(then), timeout)
+    except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+        return NO_SHELL
+    return parse_probe(result.raw, result.exit_status, then is not None)
+
+
+def probe_command(then: str | None) -> str:
+    """The shell command behind probe_then (release.py's lock runs it too, in the lock's own exec)."""
     command = _PROBE
     if then is not None:
         # In a subshell either way: `then` may exit or change directory. The probe's own lines come first and
         # are ours alone, so the first end mark is the boundary whatever `then` prints.
         command += (f"; printf '%s\\n' {PROBE_END}; if command -v gzip >/dev/null 2>&1; "
                     f"then {{ {then}; }} | gzip -1c; else ( {then} ); fi")
-    no_shell = Probed(ServerTraits(shell=False, tar="none"), None, None, False)
-    try:
-        result = await capture(conn, command, timeout)
-    except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
-        return no_shell
-    head, after = result.raw, None
-    if then is not None:
-        head, found, rest = result.raw.partition(f"\n{PROBE_END}\n".encode())
+    return command
+
+
+NO_SHELL = Probed(ServerTraits(shell=False, tar="none"), None, None, False)
+
+
+def parse_probe(raw: bytes, exit_status: int | None, then: bool) -> Probed:
+    """What probe_command printed (`then`: it ran a command after the probe)."""
+    head, after = raw, None
+    if then:
+        head, found, rest = raw.partition(f"\n{PROBE_END}\n".encode())
         after = rest if found else None
     text = head.decode("utf-8", "replace")
     if PROBE_MARK not in text:
-        return no_shell
+        return NO_SHELL
     tar = "none"
     tools = set()
     for line in text.splitlines():
@@ -102,8 +114,7 @@ async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None
             tar = line[4:].strip()
         elif line.startswith("has="):
             tools.add(line[4:].strip())
-    return Probed(ServerTraits(shell=True, tar=tar, tools=frozenset(tools)), after, result.exit_status,
-                  "gzip" in tools)
+    return Probed(ServerTraits(shell=True, tar=tar, tools=frozenset(tools)), after, exit_status, "gzip" in tools)
 
 
 def on_this_machine(conn: SSHClientConnection) -> bool:

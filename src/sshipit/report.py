@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sshipit.commands import CommandsResult
     from sshipit.errors import DeployError
     from sshipit.plan import HostSpec
+    from sshipit.release_list import HostReleases
     from sshipit.upload import Progress, UploadStats
 
 PROGRESS_AFTER = 3.0  # seconds: a shorter upload shows no progress at all
@@ -133,6 +134,7 @@ class HostResult:
     # or UNKNOWN: the connection was lost while it was being switched); None: the previous one stays.
     release: str | None = None
     tolerated: bool = False  # failed, but within max_failures: does not fail the step
+    listing: HostReleases | None = None  # list_releases: what the host holds (release.py's layout)
 
 
 def human_bytes(count: float) -> str:

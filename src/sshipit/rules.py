@@ -177,6 +177,20 @@ def clean_relative(path: str, setting: str) -> str:
     return normal
 
 
+_RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+
+
+def release_name(name: str, setting: str) -> str:
+    """A release id as given (release_id, rollback): one directory name under releases/, never a path, never
+    hidden, never `.`/`..`, and nothing a shell or a CI log reads specially."""
+    word = name.strip()
+    if not _RELEASE_NAME.match(word) or ".." in word:
+        shown = repr(word[:60]) + ("..." if len(word) > 60 else "")
+        raise SettingsError(f"{setting}: {shown} is not a usable release id", setting=setting,
+                            hint="use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return word
+
+
 # Targets that `rm` must never empty: the root, home, and the system's top-level directories.
 _PRECIOUS = {
     "/", "~", ".", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
@@ -225,12 +239,14 @@ def clearing_guard(delete: list[str] | tuple[str, ...] = ()) -> str:
     command (exit 3, one `sshipit-refused` line on stderr, read by guard_refusal) when:
 
     - the target, resolved on the server (`pwd -P`: however it was spelled, `/home/u/.`, `/home/u/../u`, a
-      symlink to the home), is `/`, a system directory, the login's home or a directory above the home;
+      symlink to the home), is `/`, a system directory, the login's home or a directory above the home
+      (under sudo, HOME is the sudo user's: privilege.Become passes the login's as SSHIPIT_LOGIN_HOME);
     - a `delete` path leads through a symlink (`rm -rf link/x` would remove what the link points to).
     """
     system = "|".join(sorted(p for p in _PRECIOUS if p.startswith("/")))
     step = (
-        't=$(pwd -P) && h=$(cd -P -- "${HOME:-/nonexistent}" 2>/dev/null && pwd -P || echo /nonexistent) && '
+        't=$(pwd -P) && h=$(cd -P -- "${SSHIPIT_LOGIN_HOME:-${HOME:-/nonexistent}}" 2>/dev/null && pwd -P '
+        '|| echo /nonexistent) && '
         f'case "$t" in {system}) printf \'{REFUSED} system %s\\n\' "$t" >&2; exit 3;; esac && '
         f'case "$h/" in "$t"/*) printf \'{REFUSED} home %s %s\\n\' "$t" "$h" >&2; exit 3;; esac'
     )

@@ -75,9 +75,22 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("delete", "list", "paths relative to target to remove before upload", group="upload"),
     Setting("incremental", "bool", "send only files whose content differs from what the server holds (by a "
             "manifest of the last deploy, checked against the server)", "true", group="upload"),
+    Setting("checksum", "bool", "compare every file by its content, even one whose size and mtime match what the "
+            "last deploy recorded (rsync's --checksum); off: such a file is trusted unchanged, as rsync decides",
+            "false", group="upload"),
     Setting("prune", "bool", "remove files an earlier deploy uploaded that are no longer among the sources",
             "false", group="upload"),
     Setting("compress", "str", "compress the upload stream: auto, zstd, gzip or none", "auto", group="upload"),
+    Setting("owner", "str", "user:group, user or :group that owns every uploaded file and directory (needs sudo "
+            "or a root login)", aliases=("chown",), group="upload"),
+    Setting("chmod", "str", "modes for what lands, in rsync's --chmod form: D755,F644 or Du=rwx,go=rx,Fgo-w (D: "
+            "directories only, F: files only)", group="upload"),
+    Setting("sudo", "bool", "run the upload, the release steps and the commands through sudo on the server",
+            "false", aliases=("become",), group="privileges"),
+    Setting("sudo_user", "str", "the user sudo runs them as (default: root)", aliases=("become_user",),
+            group="privileges"),
+    Setting("sudo_password", "secret", "the login's sudo password, where sudo asks for one (fed on stdin, never "
+            "in a command line)", aliases=("become_password",), group="privileges"),
     # What we run
     Setting("commands", "commands", "commands run in one remote shell in target, or one block of script",
             aliases=("script",), group="commands"),
@@ -88,6 +101,16 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("envs", "list", "names to export in the remote shell (a setting's value, else the environment "
             "variable's), or all", group="commands"),
     Setting("request_pty", "bool", "run the commands in a pseudo-terminal", "false", group="commands"),
+    # Around the deploy (Capistrano's primary role, Deployer's once(), Ansible's run_once; their hooks)
+    Setting("run_once", "commands", "commands run on the first host only (database migrations): atomic, in its "
+            "new release once every host prepared and before any switches, and a failure switches none; plain, "
+            "after its upload, before any host's commands", aliases=("once_commands",), group="commands"),
+    Setting("before_upload", "commands", "commands run in target on every host before anything is uploaded "
+            "(maintenance mode); a failure stops that host before it changes anything", group="commands"),
+    Setting("on_failure", "commands", "commands run in target on each host that failed, with the error line in "
+            "SSHIPIT_ERROR; their own failure is a warning", group="commands"),
+    Setting("after_rollback", "commands", "commands run in target/current on each host after it switched back "
+            "(a failed deploy's switch back, or rollback)", group="releases"),
     # Atomic releases
     Setting("atomic", "bool", "deploy as a new release in target/releases/<id> and switch target/current to it "
             "at once", "false", group="releases"),
@@ -99,10 +122,22 @@ CATALOGUE: tuple[Setting, ...] = (
     Setting("healthcheck", "str", "a command run after the switch; non-zero means the release is bad",
             group="releases"),
     Setting("healthcheck_timeout", "duration", "how long to retry the health check", "60s", group="releases"),
-    Setting("rollback", "bool", "instead of deploying, switch back to the previous good release", "false",
+    Setting("rollback", "bool", "instead of deploying, switch every host to another release: true for the "
+            "previous good one, or a release id (back or forward) that every host holds complete", "false",
+            aliases=("switch_to",), group="releases"),
+    Setting("phase", "str", "all (prepare and switch), prepare (upload and ready a release, switch nothing: one "
+            "CI job per shard) or switch (every host holds that release prepared? then switch them all)", "all",
+            group="releases"),
+    Setting("shard", "str", "with phase: prepare, the share of the hosts this job prepares: K/N, 1-based "
+            "(GitHub: ${{ strategy.job-index + 1 }}/${{ strategy.job-total }})", group="releases"),
+    Setting("release_id", "str", "the new release's directory name (letters, digits, . _ -); default: with phase "
+            "prepare or switch, <build number>-<commit> (the same in every job of a build), else <UTC time>-<commit>",
             group="releases"),
     Setting("lock_timeout", "duration", "how long to wait for another deploy of the same target", "2m",
             group="releases"),
+    Setting("list_releases", "bool", "instead of deploying, list each host's releases (id, created, commit, "
+            "state, size) and which are not on every host, changing nothing; `sshipit releases` does the same",
+            "false", group="releases"),
     # Fleets: jump hosts, rolling batches, retries (the proxy_* credentials fall back to the target's own)
     Setting("proxy_host", "str", "jump host (bastion) the targets are reached through; user@host:port allowed",
             group="fleet"),

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from sshipit.errors import DeployError, local_cause, local_file_error
+from sshipit.privilege import sftp_owner
 from sshipit.rules import precious_reason
 from sshipit.sources import Entry
 from sshipit.upload import (
@@ -58,6 +59,7 @@ async def upload_sftp(
     broot = _raw(root)
     staging_name = _raw(STAGING + secrets.token_hex(6))
     staging = broot + b"/" + staging_name
+    ids = sftp_owner(host, plan.privileges.owner) if plan.privileges.owner else None
     try:
         async with conn.start_sftp_client() as sftp:
             await sftp.makedirs(broot, exist_ok=True)
@@ -74,6 +76,9 @@ async def upload_sftp(
             await sftp.mkdir(staging)
             try:
                 await _stage(sftp, staging, entries, progress)
+                if ids is not None:  # in the staging: a refused chown leaves the target as it was
+                    await asyncio.gather(*(sftp.chown(staging + b"/" + _raw(e.name), *ids)
+                                           for e in entries if e.kind != "symlink"))
             except BaseException as exc:
                 full = isinstance(exc, asyncssh.SFTPFailure) and await _full(sftp, staging)
                 await asyncio.shield(_remove(sftp, staging))

@@ -17,14 +17,13 @@ from sshipit.manifest import (
     Manifest,
     compare,
     parse_server,
-    plain_manifest_key,
     read_server,
     seed_removals,
     server_script,
-    user_manifest_path,
     write_manifest,
 )
-from sshipit.plan import HostSpec, Plan
+from sshipit.plan import AROUND, HostSpec, Plan
+from sshipit.privilege import plain_manifest_file
 from sshipit.release import RELEASES, ReleaseManager
 from sshipit.remote import probe_then
 from sshipit.report import Console, HostResult, human_bytes, ran_text
@@ -48,17 +47,20 @@ async def upload_files(
         if live is not None and plan.incremental:
             reading = (releases.path(RELEASES, live), releases.manifest_path(live))
     elif (plan.incremental or plan.prune) and not plan.rm:
-        reading = (dest, user_manifest_path(plain_manifest_key(dest)))
-    probed = await probe_then(conn, plan.connect_timeout, server_script(*reading) if reading else None)
+        reading = (dest, plain_manifest_file(conn, plan.privileges, dest))
+    # An atomic deploy's lock ran this probe (and reading) already, in its own exec (ReleaseManager.prefetched).
+    probed = releases.prefetched(live, reading is not None) if releases is not None else None
+    if probed is None:
+        probed = await probe_then(conn, plan.connect_timeout, server_script(*reading) if reading else None)
     traits = probed.traits
     entries = plan.upload.entries if plan.upload is not None else []
     if not traits.shell or (traits.tar == "none" and releases is not None):
-        if plan.commands or releases is not None:
-            needs = "atomic releases" if releases is not None else "commands"
+        if plan.commands or plan.run_once or releases is not None:
+            needs = "atomic releases" if releases is not None else "commands" if plan.commands else "run_once"
             lack = "accepts SFTP only" if not traits.shell else "has no tar"
             raise DeployError(
                 f"{host.label}: the account {lack}, so {needs} cannot work; nothing was uploaded",
-                setting="atomic" if releases is not None else "commands",
+                setting="atomic" if releases is not None else "commands" if plan.commands else "run_once",
                 hint="give the user a shell with tar, or deploy plain files without commands", phase="upload")
         console.info("the account has no shell: uploading over SFTP", host)
         _sftp_prune_warning(console, host, plan)
@@ -82,19 +84,25 @@ async def upload_files(
     if reading is not None:
         if probed.after is not None:
             view = parse_server(probed.after, probed.exit_status, probed.gzip)
+            probed.after = None  # read: not kept through the upload (a megabyte a host for 20,000 files)
         else:  # the probe's answer was cut short: read again, on its own
             view = await read_server(conn, *reading, plan.connect_timeout, gzip)
     if view is not None and view.problem:  # the file is the login's to write: never trusted, never fatal
         console.warn(f"the manifest of the last deploy is unusable ({view.problem}): uploading everything", host)
-    delta = compare(entries, view, plan.delete if releases is None else ())
+    delta = compare(entries, view, plan.delete if releases is None else (), checksum=plan.checksum)
     send = delta.send if plan.incremental else entries
+    before = ""  # what the upload's command does first (ReleaseManager.create_command)
     if releases is not None:
         seeded = view is not None and view.manifest is not None
         removals = seed_removals(entries, delta, view) if seeded and view is not None else None
-        dest = await releases.create(releases.spec, seed=live if seeded else None, removals=removals)
+        made = releases.create_command(releases.spec, seed=live if seeded else None, removals=removals)
+        if made is None:  # too many removals for one command line: the release is made on its own
+            dest = await releases.create(releases.spec, seed=live if seeded else None, removals=removals)
+        else:  # made first by the upload's own command: two round trips fewer
+            dest, before = made
         manifest_path = releases.manifest_path(releases.spec.id)
     else:
-        manifest_path = user_manifest_path(plain_manifest_key(dest))
+        manifest_path = plain_manifest_file(conn, plan.privileges, dest)
     old_manifest = view.manifest if view is not None else None
     in_place = releases is None and view is not None and view.exists
     view = None  # its listings of the server are done with: free them before the upload (memory of big builds)
@@ -102,7 +110,7 @@ async def upload_files(
     pruning = releases is None and plan.prune and bool(delta.stale)
 
     def manifest_now() -> Manifest:  # complete once the upload has hashed what it sent
-        manifest = Manifest.of(entries, hashes)
+        manifest = Manifest.of(entries, hashes, old_manifest, delta.trusted)  # this host's own word first
         if releases is None and not plan.prune and old_manifest is not None:
             manifest.carry(old_manifest, delta.stale)
         return manifest
@@ -116,7 +124,7 @@ async def upload_files(
     if send or plan.rm or plan.delete or not in_place:
         async with console.progress(host, progress):
             stats = await upload_tar(conn, host, plan, traits, send, dest, clear=releases is None, hashes=hashes,
-                                     progress=progress, manifest=carried)
+                                     progress=progress, manifest=carried, before=before)
     else:  # nothing to send to a target that is there: not even a command to run
         stats = UploadStats("tar")
     if plan.incremental:
@@ -155,16 +163,16 @@ def _report_upload(console: Console, host: HostSpec, stats: UploadStats, dest: s
 
 async def run_step(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, commands: list[str], cwd: str | None,
-    setting: str, timeout: float | None = None, label: str = "",
+    setting: str, timeout: float | None = None, label: str = "", make_cwd: bool = True,
 ) -> None:
     if plan.debug:
-        console.block("remote script:", build_script(plan, "NONCE", commands, cwd), host)
+        console.block("remote script:", build_script(plan, "NONCE", commands, cwd, make_cwd), host)
     try:
         outcome = await run_commands(
             conn, host, plan, commands, cwd,
             emit=lambda line: console.output(host, label + line),
             show_command=lambda n: console.command(host, commands[n - 1], label),
-            timeout=timeout,
+            timeout=timeout, make_cwd=make_cwd,
         )
     except DeployError as exc:
         exc.phase = setting  # which run it was (post_commands, the health check), not just "commands"
@@ -188,7 +196,8 @@ async def run_step(
             hint=hint, phase=setting, exit_status=outcome.exit_status)
     if outcome.exit_status != 0:
         raise DeployError(_failure_text(host, commands, outcome.failed, outcome.exit_status, setting, outcome.lines),
-                          setting=setting, phase=setting, exit_status=outcome.exit_status)
+                          setting=setting, phase=setting, exit_status=outcome.exit_status,
+                          hint="the command's output above shows why" if setting in AROUND else None)
     if setting != "healthcheck":  # the health check tells its outcome once, after its retries
         console.phase(host, setting, ran_text(commands), outcome.seconds)
 
@@ -249,5 +258,7 @@ def _failure_text(host: HostSpec, commands: list[str], failed: list[tuple[int, i
         if len(shown) > 60:
             shown = shown[:57] + "..."
         what = "command" if setting == "commands" else setting.replace("_", " ").rstrip("s")
+        if setting in AROUND:  # `run_once: command 1`, not `run once 1`: the error line names the hook before
+            what = "command"
         parts.append(f"{what} {number}{where} `{shown}` exited with status {code}")
     return f"{host.label}: " + "; ".join(parts)

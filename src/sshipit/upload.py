@@ -15,21 +15,24 @@ import secrets
 import tarfile
 import threading
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
+from sshipit.compress import choose_compression, new_compressor
+from sshipit.connect import socket_drained
 from sshipit.errors import DeployError, local_file_error
 from sshipit.manifest import (
     Manifest,
     anchor_manifest,
     cached_hash,
+    encoded,
     manifest_aside,
     new_digest,
     remember_hash,
     store_manifest,
 )
+from sshipit.privilege import chown_step
 from sshipit.remote import ServerTraits, on_this_machine
 from sshipit.rules import clearing_guard, guard_refusal, quote, shell_path
 from sshipit.sources import Entry
@@ -41,6 +44,14 @@ if TYPE_CHECKING:
 
 CHUNK = 256 * 1024  # bytes handed to the channel per write: large enough to amortise, small enough to stream
 _BLOCK = tarfile.BLOCKSIZE
+
+
+def stream_chunk(plan: Plan) -> int:
+    """Bytes per piece of a host's stream: CHUNK for a few hosts at once; a quarter of it for a fleet, where each
+    host holds about two pieces (the one being filled, the one the channel is taking) and 500 hosts would hold
+    250 MB of them. The hosts' total speed is unchanged: a fleet's limit is CPU or the link, not write calls."""
+    at_once = min(plan.max_parallel, len(plan.hosts))
+    return CHUNK if at_once <= 4 else CHUNK // 4
 
 
 @dataclass
@@ -242,9 +253,9 @@ def changed_while_read(entry: Entry, detail: str) -> DeployError:
 
 def tar_stream(
     entries: list[Entry], hashes: dict[str, str] | None = None, progress: Progress | None = None,
-    trailer: tuple[str, Callable[[], bytes]] | None = None, end: str = "",
+    trailer: tuple[str, Callable[[], bytes]] | None = None, end: str = "", chunk: int = CHUNK,
 ) -> Iterator[bytes]:
-    """The archive, in pieces of about CHUNK bytes.
+    """The archive, in pieces of about `chunk` bytes (see stream_chunk).
 
     A file whose size differs from the one collected, or whose size or mtime changes while it is read (fstat
     before and after), is an error: the archive stops there, without its end marker, and the server drops it.
@@ -271,7 +282,7 @@ def tar_stream(
                     raise changed_while_read(entry, f"{entry.size} bytes when collected, {before.st_size} now")
                 while remaining:
                     try:
-                        piece = os.read(fd, min(CHUNK, remaining))
+                        piece = os.read(fd, min(chunk, remaining))
                     except OSError as exc:
                         raise local_file_error(entry.local, exc) from None
                     if not piece:
@@ -281,11 +292,11 @@ def tar_stream(
                         digest.update(piece)
                     if progress is not None:
                         progress.bytes += len(piece)
-                    if not pending and len(piece) == CHUNK:
+                    if not pending and len(piece) == chunk:
                         yield piece  # the body of a large file goes as read, without another copy
                         continue
                     pending += piece
-                    if len(pending) >= CHUNK:
+                    if len(pending) >= chunk:
                         yield bytes(pending)
                         pending.clear()
                 after = os.fstat(fd)
@@ -301,7 +312,7 @@ def tar_stream(
                 hashes[entry.name] = known
             if progress is not None:
                 progress.files += 1
-        if len(pending) >= CHUNK:
+        if len(pending) >= chunk:
             yield bytes(pending)
             pending.clear()
     if trailer is not None:
@@ -310,8 +321,8 @@ def tar_stream(
         pending += tar_header(Entry("", name, "file", 0o600, int(time.time()), len(data)))
         yield bytes(pending)
         pending.clear()
-        for start in range(0, len(data), CHUNK):  # in slices: a big build's manifest is megabytes
-            yield data[start:start + CHUNK]
+        for start in range(0, len(data), chunk):  # in slices: a big build's manifest is megabytes
+            yield data[start:start + chunk]
         pending += b"\0" * (-len(data) % _BLOCK)
         del data
     if end:
@@ -320,108 +331,13 @@ def tar_stream(
     yield bytes(pending)
 
 
-class _Compressor(Protocol):
-    def compress(self, data: bytes) -> bytes: ...
-
-    def flush(self) -> bytes: ...
-
-
-def choose_compression(setting: str, traits: ServerTraits, local: bool = False) -> str:
-    """`auto` is zstd when the server can unpack it, except to a server on this machine (`local`).
-
-    Measured with bench/ (20,000 text files + 400 MB of media): on a 50 Mbit/s link zstd sends fewer bytes and
-    finishes that much sooner (text alone: 3.7x smaller at level 1, 6.6x at 9; the level follows the link, see
-    _AdaptiveZstd); over loopback there is no link to save and compressing and unpacking cost 12-15% more
-    time, so there it sends plain tar. zstd skips incompressible data at ~3 GB/s.
-    """
-    if setting == "auto":
-        return "zstd" if "zstd" in traits.tools and not local and _has_zstandard() else "none"
-    if setting != "none" and setting not in traits.tools:
-        return "none"
-    return setting
-
-
-def _has_zstandard() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("zstandard") is not None
-
-
-ZSTD_LEVELS = (1, 3, 6, 9)
-# Match tables of at most 2^20 entries: level 9's own (2^21) take 11 MB of compressor memory for 2% smaller text
-# (measured on the benchmark's 98 MB of text: 14.75 MB against 15.24 MB at 2^20, with 5.8 MB of memory).
-_TABLES_LOG = 20
-_DECIDE_EVERY = 1.0  # seconds between two looks at the link
-
-
-def next_level(index: int, waiting_share: float) -> int:
-    """The index in ZSTD_LEVELS for the next stretch of the stream.
-
-    `waiting_share` is the part of the last stretch the worker spent waiting for the link to take its chunks.
-    Mostly waiting (> 1/2): the link is the limit, and a stronger level costs no time (50 Mbit/s carries 6 MB/s;
-    level 9 still compresses text at ~50 MB/s). Hardly waiting (< 1/10): compression is the limit, so step down.
-    """
-    if waiting_share > 0.5:
-        return min(index + 1, len(ZSTD_LEVELS) - 1)
-    if waiting_share < 0.1:
-        return max(index - 1, 0)
-    return index
-
-
-class _AdaptiveZstd:
-    """zstd whose level follows the link (next_level). A change of level ends one zstd frame and starts the next:
-    `zstd -d` reads concatenated frames as one stream."""
-
-    def __init__(self, waited: Callable[[], float], levels: list[int]) -> None:
-        import zstandard
-
-        self._zstd = zstandard
-        self._waited = waited
-        self.levels = levels
-        self._index = 0
-        self.levels.append(ZSTD_LEVELS[0])
-        self._frame = self._compressor(ZSTD_LEVELS[0])
-        self._since, self._waited_before = time.monotonic(), 0.0
-
-    def compress(self, data: bytes) -> bytes:
-        out = self._frame.compress(data)
-        now = time.monotonic()
-        if now - self._since >= _DECIDE_EVERY:
-            waited = self._waited()
-            share = (waited - self._waited_before) / (now - self._since)
-            self._since, self._waited_before = now, waited
-            index = next_level(self._index, share)
-            if index != self._index:
-                out += self._frame.flush()  # ends this frame
-                self._index = index
-                self.levels.append(ZSTD_LEVELS[index])
-                self._frame = self._compressor(ZSTD_LEVELS[index])
-        return out
-
-    def flush(self) -> bytes:
-        return self._frame.flush()
-
-    def _compressor(self, level: int) -> Any:
-        params = self._zstd.ZstdCompressionParameters.from_level(level)
-        if params.chain_log > _TABLES_LOG or params.hash_log > _TABLES_LOG:
-            params = self._zstd.ZstdCompressionParameters.from_level(
-                level, chain_log=min(params.chain_log, _TABLES_LOG), hash_log=min(params.hash_log, _TABLES_LOG))
-        return self._zstd.ZstdCompressor(compression_params=params).compressobj()
-
-
-def _compressor(kind: str, waited: Callable[[], float], levels: list[int]) -> _Compressor:
-    """zstd (adaptive) or gzip: an uncompressed stream never reaches the worker thread (see stream)."""
-    if kind == "zstd":
-        return _AdaptiveZstd(waited, levels)
-    return zlib.compressobj(1, zlib.DEFLATED, 31)
-
-
 _DONE = object()
 
 
 async def stream(
     entries: list[Entry], hashes: dict[str, str] | None, compression: str, progress: Progress | None = None,
     levels: list[int] | None = None, trailer: tuple[str, Callable[[], bytes]] | None = None, end: str = "",
+    chunk_size: int = CHUNK,
 ) -> AsyncIterator[bytes]:
     """The tar stream. Compressed, it is produced in a worker thread (compression releases the GIL, and it is
     most of the work) while the event loop encrypts and sends; at most a few chunks are in flight, so memory
@@ -432,13 +348,14 @@ async def stream(
     worker thread, whose framing and the loop's packet handling took turns at the GIL.
     """
     if compression == "none":
-        for chunk in tar_stream(entries, hashes, progress, trailer, end):
+        for chunk in tar_stream(entries, hashes, progress, trailer, end, chunk_size):
             yield chunk
             await asyncio.sleep(0)  # the loop sends this chunk before the next one is made
         return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
-    slots = threading.Semaphore(8)
+    lean = chunk_size < CHUNK  # a fleet (stream_chunk): less in flight and a smaller compressor per host
+    slots = threading.Semaphore(2 if lean else 8)
     stop = threading.Event()
     waited = 0.0  # seconds the worker spent waiting for a free slot: the link was busier than the worker
 
@@ -456,8 +373,8 @@ async def stream(
 
     def work() -> None:
         try:
-            compressor = _compressor(compression, lambda: waited, levels if levels is not None else [])
-            for chunk in tar_stream(entries, hashes, progress, trailer, end):
+            compressor = new_compressor(compression, lambda: waited, levels if levels is not None else [], lean)
+            for chunk in tar_stream(entries, hashes, progress, trailer, end, chunk_size):
                 packed = compressor.compress(chunk)
                 if packed and not put(packed):
                     return
@@ -515,10 +432,11 @@ def explain_remote_failure(host: HostSpec, target: str, stderr: str, what: str) 
 async def upload_tar(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, traits: ServerTraits, entries: list[Entry], dest: str,
     clear: bool = True, hashes: dict[str, str] | None = None, progress: Progress | None = None,
-    manifest: ManifestOut | None = None,
+    manifest: ManifestOut | None = None, before: str = "",
 ) -> UploadStats:
     """Stream `entries` into `dest` (created if missing); with `clear`, apply rm/delete there first. With
-    `manifest` (and something to send), the manifest goes along and is stored (stats.manifest_stored)."""
+    `manifest` (and something to send), the manifest goes along and is stored (stats.manifest_stored). `before`
+    runs first, in the same command (a new release's directory: ReleaseManager.create_command)."""
     import asyncssh
 
     target = shell_path(dest)
@@ -526,7 +444,7 @@ async def upload_tar(
     compression = choose_compression(plan.compress, traits, local) if entries else "none"
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
     nonce = secrets.token_hex(6)
-    steps = [f"mkdir -p -- {target}", f"cd -- {target}"]
+    steps = [*([before] if before else []), f"mkdir -p -- {target}", f"cd -- {target}"]
     if clear and (plan.rm or plan.delete or plan.prune):
         steps.append(clearing_guard(plan.delete))  # the home however spelled, or a link on a delete path
     # The manifest, when it goes along: the stream's last member, moved aside once unpacked, stored at the end.
@@ -536,17 +454,20 @@ async def upload_tar(
     if manifest is not None and entries:
         member = f".sshipit-manifest.{nonce}"  # random: no source file can have the name
         built = manifest.build
-        trailer = (member, lambda: built().dumps().encode())
+        trailer = (member, lambda: encoded(built()))  # one bytes object for every host it fits
         steps.insert(0, anchor_manifest(manifest.path))
         stored = (store_manifest(manifest.backdate),)
     if not entries:
         steps += clear_commands(plan.rm, plan.delete) if clear else []
     elif clear:
         aside = (manifest_aside(f"{STAGING}{nonce}/{member}"),) if member else ()
-        steps += staged_extract(unpack, plan.rm, plan.delete, nonce, unpacked=aside, done=stored,
+        owned = (chown_step(plan.privileges.owner, STAGING + nonce),) if plan.privileges.owner else ()
+        steps += staged_extract(unpack, plan.rm, plan.delete, nonce, unpacked=aside + owned, done=stored,
                                 undo='rm -f -- "$N"' if member else "")
     else:
         steps += [unpack, end_check(END + nonce)]  # a fresh release directory: nothing is live there yet
+        if plan.privileges.owner:  # seeded files are links to the live release's: the same owner already
+            steps.append(chown_step(plan.privileges.owner, "."))
         if member:
             steps += [manifest_aside(member), *stored]
     command = " && ".join(steps)
@@ -560,10 +481,13 @@ async def upload_tar(
     local: DeployError | None = None
     try:
         if entries:
-            async for chunk in stream(entries, hashes, compression, progress, levels, trailer, END + nonce):
+            size = stream_chunk(plan)
+            async for chunk in stream(entries, hashes, compression, progress, levels, trailer, END + nonce, size):
                 process.stdin.write(chunk)
                 stats.wire_bytes += len(chunk)
                 await process.stdin.drain()
+                if size < CHUNK:  # a fleet: see socket_drained
+                    await socket_drained(conn, size)
         process.stdin.write_eof()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as exc:
         broken = exc  # the remote side gave up; its stderr says why
