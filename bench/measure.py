@@ -33,6 +33,7 @@ class Measured:
     returncode: int
     output: str  # the tail of stdout+stderr
     timed_out: bool = False
+    cpu: float = 0.0  # user+sys seconds of the command and the children it waited for (this machine's side only)
 
 
 def _tree_memory(root: int) -> tuple[int, int]:
@@ -81,7 +82,7 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, log:
         sampler.start()
         watchdog.start()
         try:
-            _pid, status, _usage = os.wait4(proc.pid, 0)
+            _pid, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -98,4 +99,4 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, log:
     with open(log, "rb") as f:
         f.seek(max(0, os.path.getsize(log) - 4000))
         tail = f.read().decode("utf-8", "replace")
-    return Measured(seconds, peak, proc.returncode, tail, timed_out.is_set())
+    return Measured(seconds, peak, proc.returncode, tail, timed_out.is_set(), usage.ru_utime + usage.ru_stime)

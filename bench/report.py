@@ -22,7 +22,7 @@ def medians(runs: list[dict]) -> dict[str, dict[str, dict[str, dict]]]:
     for (link, scenario, tool), group in groups.items():
         good = [r for r in group if r.get("ok")]
         entry: dict = {"n": len(group), "ok": len(good)}
-        for key in ("seconds", "sent", "received", "peak_rss"):
+        for key in ("seconds", "cpu", "sent", "received", "peak_rss"):
             values = [r[key] for r in good if key in r]
             if values:
                 entry[key] = statistics.median(values)

@@ -224,7 +224,8 @@ class Bench:
         if self.counter.active and before and after:
             record["sent"] = sum(after.get(k, (0, 0))[0] - before.get(k, (0, 0))[0] for k in keys)
             record["received"] = sum(after.get(k, (0, 0))[1] - before.get(k, (0, 0))[1] for k in keys)
-        record.update(seconds=measured.seconds, peak_rss=measured.peak_rss, returncode=measured.returncode)
+        record.update(seconds=measured.seconds, cpu=measured.cpu, peak_rss=measured.peak_rss,
+                      returncode=measured.returncode)
         problem = None
         if measured.returncode != 0 or measured.timed_out:
             why = "timed out" if measured.timed_out else f"exit status {measured.returncode}"
@@ -239,8 +240,8 @@ class Bench:
         self.runs.append(record)
         sent = f", {record['sent'] / 1e6:.1f} MB sent" if "sent" in record else ""
         status = "" if problem is None else f"  FAILED: {problem[:300]}"
-        log(f"[{link} {scenario.key} {rep + 1}/{reps}] {tool.label}: {measured.seconds:.2f} s{sent}, "
-            f"{measured.peak_rss / 1e6:.0f} MB peak{status}")
+        log(f"[{link} {scenario.key} {rep + 1}/{reps}] {tool.label}: {measured.seconds:.2f} s "
+            f"({measured.cpu:.2f} s CPU){sent}, {measured.peak_rss / 1e6:.0f} MB peak{status}")
 
     # -- preparing and checking targets (as root, on this machine's file system) ---------------------
 

@@ -8,7 +8,8 @@ each ok), that the redeploy sent only the changed files to each host (the manife
 fleet), and the peak resident memory (the process's own VmHWM, helpers.PeakMemory) and wall time of each deploy
 against bounds that a per-host copy of the file list, or a serialised fleet, would break. Then memory per added
 host (1 against 40 hosts, 5,000 files), and the pure parts of the sharing: one parsed manifest per distinct text,
-one upload copy, a fleet's lean stream landing the same archive, and no host's manifest speaking for another.
+one upload copy, a fleet's lean stream landing the same archive, no host's manifest speaking for another, and
+answers read as they arrive sharing only a manifest text equal byte for byte (listing.py).
 """
 
 from __future__ import annotations
@@ -269,4 +270,90 @@ def test_one_hosts_manifest_never_speaks_for_another(tmp_path: Path) -> None:
                   for name, d in deltas.items()}
         assert listed == {"forging": forged, "honest": real}, order  # the forger's word stays on the forger
         assert deltas["honest"].skipped_files == deltas["forging"].skipped_files == 1
+    forget_local_hashes()
+
+
+def _answer(listing: list[str], manifest_text: str) -> bytes:
+    """What server_script prints for a present target (files, dirs, touched, then the manifest's text)."""
+    from sshipit.manifest import _SEP
+
+    files = "".join(f"./{name}\0" for name in listing)
+    return f"present\n{files}{_SEP}.\0./d\0{_SEP}{_SEP}{manifest_text}".encode()
+
+
+def _fleet_texts() -> dict[str, bytes]:
+    from sshipit.manifest import Manifest
+
+    rng = random.Random(20)
+    files = {f"d/f-{n:04d}.txt": (rng.randint(1, 999), 0o644, rng.randbytes(32).hex()) for n in range(3000)}
+    text = Manifest(files, {}, {"d": 0o755}).dumps()
+    late = text[:-200] + text[-200:].replace(next(iter(files.values()))[2][:1], "f", 1)  # differs near its end
+    assert late != text
+    hostile = text.replace('"d/f-2999.txt"', '"../f-2999.txt"')
+    names = sorted(files)
+    return {"leader": _answer(names, text), "same": _answer(names[::-1], text), "late": _answer(names, late),
+            "hostile": _answer(names, hostile), "again": _answer(names, text)}
+
+
+def _feed_interleaved(answers: dict[str, bytes], seed: int) -> dict[str, object]:
+    """Each host's answer through its ListingReader, in random pieces, the hosts' pieces interleaved as they
+    arrive from a fleet (the first host's manifest text starts first: it leads; "same" never runs more than 128 KB
+    ahead of it); returns the readers. Checks on the way that "same", whose text equals the leader's, never holds
+    more than the bound ahead of it, nor a copy of its own."""
+    from sshipit.listing import _AHEAD_LIMIT, ListingReader
+    from sshipit.manifest import _SEP
+
+    rng = random.Random(seed)
+    readers = {name: ListingReader() for name in answers}
+    offsets = dict.fromkeys(answers, 0)
+    first = next(iter(answers))
+    start = answers[first].find(_SEP.encode() * 2) + 2 * len(_SEP) + 1
+    readers[first].feed(answers[first][:start])
+    offsets[first] = start
+    while any(offsets[name] < len(answers[name]) for name in answers):
+        name = rng.choice([n for n in answers if offsets[n] < len(answers[n])])
+        if name == "same" and offsets[name] > offsets[first] + (128 << 10) and offsets[first] < len(answers[first]):
+            name = first
+        size = rng.choice([1, 7, 500, 4096, 65536])
+        readers[name].feed(answers[name][offsets[name]:offsets[name] + size])
+        offsets[name] += size
+        text = readers[name].text
+        if name == "same" and text is not None:
+            assert text.own is None and len(text.ahead) <= _AHEAD_LIMIT + 65536
+    return readers  # type: ignore[return-value]
+
+
+def test_streamed_answers_share_only_an_equal_manifest_text() -> None:
+    """Hosts' answers read piece by piece as they arrive (remote.probe_then's reader): each ServerView is exactly
+    what parse_server makes of that host's joined bytes; a host whose manifest text is byte for byte the leader's
+    gets the leader's parse (the same object, no copy of its own), one that differs late gets its own, a hostile
+    one is still rejected; damaged input reads as parse_server's damaged answer (a full upload)."""
+    from sshipit.manifest import forget_local_hashes, parse_server
+
+    answers = _fleet_texts()
+    for seed in range(4):
+        forget_local_hashes()
+        readers = _feed_interleaved(answers, seed)
+        views = {name: reader.view(0) for name, reader in readers.items()}  # type: ignore[attr-defined]
+        for name, view in views.items():
+            forget_local_hashes()  # parsed afresh: no sharing can hide a difference
+            alone = parse_server(answers[name], 0, False)
+            assert (view.manifest, view.present, view.dirs, view.touched, view.exists, view.problem) == \
+                (alone.manifest, alone.present, alone.dirs, alone.touched, alone.exists, alone.problem), name
+        assert views["same"].manifest is views["leader"].manifest is views["again"].manifest
+        assert views["late"].manifest is not None and views["late"].manifest != views["leader"].manifest
+        assert views["hostile"].manifest is None and "clean path" in views["hostile"].problem
+    forget_local_hashes()
+    broken = _feed_interleaved({"leader": answers["leader"]}, 9)["leader"]
+    broken.fail()  # type: ignore[attr-defined]
+    assert broken.view(0) == parse_server(b"", 0, False)  # type: ignore[attr-defined]
+    cut = _feed_interleaved({"leader": answers["leader"][:40]}, 9)["leader"]
+    assert cut.view(0).problem == "the server's listing was cut short"  # type: ignore[attr-defined]
+    forget_local_hashes()  # a leader that stalls (its host hangs, or dies): the others keep their own text
+    stalled = _feed_interleaved({"leader": answers["leader"][:answers["leader"].index(b'{"version"') + 1000]},
+                                9)["leader"]
+    follower = _feed_interleaved({"again": answers["same"]}, 9)["again"]
+    assert follower.text.own is not None  # type: ignore[attr-defined]
+    assert follower.view(0).manifest == parse_server(answers["same"], 0, False).manifest  # type: ignore[attr-defined]
+    assert stalled.view(0).manifest is None  # type: ignore[attr-defined]
     forget_local_hashes()

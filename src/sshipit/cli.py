@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         raw = read_settings(argv, environ)
         from sshipit.dialects import translate
         from sshipit.plan import build
+        from sshipit.wire import quick_library_search
+
+        quick_library_search()  # before asyncssh loads: its liboqs search ran two subprocesses (wire.py)
 
         debug_raw = raw.known.get("debug")
         debug = bool(debug_raw and (debug_raw.text or "").strip().lower() in ("true", "yes", "on", "1", "y"))

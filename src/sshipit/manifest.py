@@ -21,10 +21,11 @@ import json
 import posixpath
 import re
 import sys
+import threading
 import time
 import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -114,6 +115,7 @@ def forget_local_hashes() -> None:
     _SHARED.clear()
     _LAST.clear()
     _ENCODED[:] = [b"", b""]
+    _LEADER.clear()
 
 
 def cached_hash(path: str) -> str | None:
@@ -260,6 +262,16 @@ def encoded(manifest: Manifest) -> bytes:
     return data
 
 
+_BUILDING = threading.Lock()
+
+
+def encoded_build(build: Callable[[], Manifest]) -> bytes:
+    """encoded(build()), one host at a time: each host's tar thread builds its manifest at the stream's end, and
+    a 20,000-file one is ~8 MB while built and dumped; in turn, a fleet holds one of those at once, not one a host."""
+    with _BUILDING:
+        return encoded(build())
+
+
 @dataclass
 class ServerView:
     """The server's side of the comparison, read in one round trip."""
@@ -323,7 +335,12 @@ def parse_server(raw: bytes, exit_status: int | None, gzip: bool) -> ServerView:
         except zlib.error:
             raw = b""  # read as "no manifest": a full upload, never a wrong one
     # Names are bytes on the server: surrogateescape keeps a non-UTF-8 name equal to the one the sources read.
-    text = raw.decode("utf-8", "surrogateescape")
+    return _view(raw.decode("utf-8", "surrogateescape"), exit_status, None)
+
+
+def _view(text: str, exit_status: int | None, sink: Callable[[], tuple[Manifest | None, str]] | None
+          ) -> ServerView:
+    """parse_server on the decoded text; with `sink`, the manifest's text is the sink's, not the text's tail."""
     head, _, rest = text.partition("\n")
     if head.strip() != "present" or exit_status != 0:
         return ServerView(None, set(), set(), set(), exists=False)
@@ -336,8 +353,20 @@ def parse_server(raw: bytes, exit_status: int | None, gzip: bool) -> ServerView:
         # Interned: with many hosts, each host's listing then shares one string per path (so do Entry names).
         return {sys.intern(posixpath.normpath(n)) for n in block.split("\0") if n and n != "."}
 
-    manifest, problem = parse_shared(manifest_text) if manifest_text.strip() else (None, "")
+    manifest, problem = sink() if sink is not None else \
+        parse_shared(manifest_text) if manifest_text.strip() else (None, "")
     return ServerView(manifest, names(files), names(dirs), names(touched), exists=True, problem=problem)
+
+
+# The manifest text the fleet's hosts compare theirs with as it arrives (listing.ManifestText), for one deploy.
+_LEADER: list[_Lead] = []
+
+
+@dataclass
+class _Lead:
+    text: bytearray = field(default_factory=bytearray)
+    done: bool = False  # all of it came (the leader's host finished reading)
+    result: tuple[Manifest | None, str] | None = None  # its parse, once done
 
 
 def _sep_printf() -> str:

@@ -1,14 +1,16 @@
 """Short commands on an open connection, and finding out what the server offers.
 
-Owns the probe (is there a shell, which tar) and the helper that runs one short command and captures its
-output. Every command string built here quotes its values through `rules`.
+Owns the probe (is there a shell, which tar), reading the command run in the probe's exec as its output arrives
+(decompressed, never joined), and the helper that runs one short command and captures its output. Every command
+string built here quotes its values through `rules`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
@@ -70,18 +72,92 @@ class Probed:
     after: bytes | None  # the output of the read-only command run after the probe (None: not run, or no shell)
     exit_status: int | None  # that command's
     gzip: bool  # `after` is gzipped
+    streamed: bool = False  # `then`'s whole output went to the reader given to probe_then (decompressed)
 
 
-async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None) -> Probed:
+class AfterReader(Protocol):
+    """Takes `then`'s output as it arrives (probe_then): a fleet's hosts then never each hold a whole answer."""
+
+    def feed(self, data: bytes, /) -> None: ...
+
+    def fail(self) -> None: ...  # the compressed stream was damaged or cut short
+
+
+async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None,
+                     reader: AfterReader | None = None) -> Probed:
     """The probe and, in the same exec (one round trip for both), the read-only command `then`, whose output
-    comes back gzipped where the server has gzip. `then` is built by the caller with every value quoted."""
+    comes back gzipped where the server has gzip. `then` is built by the caller with every value quoted.
+    With `reader`, that output is decompressed and handed over piece by piece as it arrives (Probed.streamed),
+    never joined: for 20,000 files it is a megabyte compressed, held by every host of a fleet at once otherwise."""
     import asyncssh
 
     try:
+        if reader is not None and then is not None:
+            return await _streamed(conn, probe_command(then), timeout, reader)
         result = await capture(conn, probe_command(then), timeout)
     except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
         return NO_SHELL
     return parse_probe(result.raw, result.exit_status, then is not None)
+
+
+async def _streamed(conn: SSHClientConnection, command: str, timeout: float, reader: AfterReader) -> Probed:
+    """probe_then with a reader: the probe's own lines are kept (a few bytes), the rest goes to `reader`."""
+    end = f"\n{PROBE_END}\n".encode()
+    head = bytearray()
+    found: list[Probed] = []  # the probe's answer, once its end mark came
+    unzip: list[zlib._Decompress] = []  # while the rest comes gzipped and undamaged
+    damaged = [False]
+
+    def feed(chunk: bytes) -> None:
+        if found:
+            if damaged[0]:
+                return  # the rest is not read: the reader failed already
+            if unzip:
+                try:
+                    chunk = unzip[0].decompress(chunk)
+                except zlib.error:
+                    damaged[0] = True
+                    reader.fail()
+                    return
+            reader.feed(chunk)
+            return
+        head.extend(chunk)
+        at = head.find(end)
+        if at < 0:
+            return
+        rest = bytes(head[at + len(end):])
+        del head[at:]
+        found.append(parse_probe(bytes(head), None, False))
+        if found[0].traits.shell and "gzip" in found[0].traits.tools:
+            unzip.append(zlib.decompressobj(wbits=31))
+        if rest:
+            feed(rest)
+
+    process = await conn.create_process(command, encoding=None)
+    try:
+        process.stdin.write_eof()
+
+        async def out() -> None:
+            while chunk := await process.stdout.read(1 << 16):
+                feed(chunk)
+
+        async def err() -> None:  # drained, or an unread stderr would stall the channel
+            while await process.stderr.read(1 << 16):
+                pass
+
+        async def run() -> int | None:
+            await asyncio.gather(out(), err())
+            return (await process.wait()).exit_status
+
+        status = await asyncio.wait_for(run(), timeout)
+    finally:
+        process.close()
+    if not found or not found[0].traits.shell:  # no end mark: the caller reads again on its own
+        return parse_probe(bytes(head), status, True)
+    gzip = bool(unzip)
+    if gzip and not damaged[0] and not unzip[0].eof:
+        reader.fail()  # cut short
+    return Probed(found[0].traits, None, status, gzip, streamed=True)
 
 
 def probe_command(then: str | None) -> str:

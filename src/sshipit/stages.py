@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sshipit.commands import build_script, run_commands
 from sshipit.errors import DeployError
+from sshipit.listing import ListingReader
 from sshipit.manifest import (
     Manifest,
     compare,
@@ -50,8 +51,10 @@ async def upload_files(
         reading = (dest, plain_manifest_file(conn, plan.privileges, dest))
     # An atomic deploy's lock ran this probe (and reading) already, in its own exec (ReleaseManager.prefetched).
     probed = releases.prefetched(live, reading is not None) if releases is not None else None
+    listing = ListingReader() if reading is not None else None  # read as it arrives: no joined copy a host
     if probed is None:
-        probed = await probe_then(conn, plan.connect_timeout, server_script(*reading) if reading else None)
+        probed = await probe_then(conn, plan.connect_timeout, server_script(*reading) if reading else None,
+                                  listing)
     traits = probed.traits
     entries = plan.upload.entries if plan.upload is not None else []
     if not traits.shell or (traits.tar == "none" and releases is not None):
@@ -82,7 +85,10 @@ async def upload_files(
     view = None
     gzip = "gzip" in traits.tools  # the manifest and the server's listing travel compressed
     if reading is not None:
-        if probed.after is not None:
+        if probed.streamed and listing is not None:
+            view = listing.view(probed.exit_status)
+            listing = None
+        elif probed.after is not None:
             view = parse_server(probed.after, probed.exit_status, probed.gzip)
             probed.after = None  # read: not kept through the upload (a megabyte a host for 20,000 files)
         else:  # the probe's answer was cut short: read again, on its own

@@ -26,7 +26,7 @@ from sshipit.manifest import (
     Manifest,
     anchor_manifest,
     cached_hash,
-    encoded,
+    encoded_build,
     manifest_aside,
     new_digest,
     remember_hash,
@@ -454,7 +454,7 @@ async def upload_tar(
     if manifest is not None and entries:
         member = f".sshipit-manifest.{nonce}"  # random: no source file can have the name
         built = manifest.build
-        trailer = (member, lambda: encoded(built()))  # one bytes object for every host it fits
+        trailer = (member, lambda: encoded_build(built))  # one bytes object for every host it fits
         steps.insert(0, anchor_manifest(manifest.path))
         stored = (store_manifest(manifest.backdate),)
     if not entries:
