@@ -271,6 +271,16 @@ def start_server(workdir: Path, keys: dict[str, KeyPair], extra_config: str = ""
     return server.start()
 
 
+def assert_landed(label: str, want: Mapping[str, object], files: Mapping[str, object]) -> None:
+    """One host's files (path -> digest) are exactly `want`: none missing, none corrupt, nothing extra."""
+    missing = sorted(set(want) - set(files))
+    corrupt = sorted(p for p in want if p in files and files[p] != want[p])
+    extra = sorted(set(files) - set(want))
+    assert not missing and not corrupt and not extra, \
+        f"{label}: {len(missing)} missing, {len(corrupt)} corrupt, {len(extra)} extra " \
+        f"(first: {(missing + corrupt + extra)[:3]})"
+
+
 def login_home(path: Path) -> Path:
     """A directory the servers' test login owns (0755): one machine's home, where its commands run."""
     login = default_login_user()

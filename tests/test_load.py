@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PeakMemory, clean_env, plugin_env, rmtree
+from helpers import PeakMemory, assert_landed, clean_env, plugin_env, rmtree
 from sshipit.localserver import HOST_KEY_KINDS, KeyPair, LocalServer
 
 HOSTS = 50
@@ -156,12 +156,7 @@ def test_fifty_hosts_two_thousand_files_each(
         with ThreadPoolExecutor(max_workers=8) as pool:
             landed = list(pool.map(lambda srv: on_disk(srv.home / target), load_servers))
         for srv, files in zip(load_servers, landed, strict=True):
-            missing = sorted(set(expected) - set(files))
-            corrupt = sorted(p for p in expected if p in files and files[p] != expected[p])
-            extra = sorted(set(files) - set(expected))
-            assert not missing and not corrupt and not extra, \
-                f"{srv.user}: {len(missing)} missing, {len(corrupt)} corrupt, {len(extra)} extra " \
-                f"(first: {(missing + corrupt + extra)[:3]})"
+            assert_landed(srv.user, expected, files)
 
         assert peak_kb / 1024 < MAX_RSS_MB, report
         assert elapsed < DEPLOY_BUDGET_S, report

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, assert_landed
 from sshipit.localserver import KeyPair
 from test_load import run_measured
 
@@ -97,12 +97,7 @@ def check_every_host(servers: list[bench_fleet.FleetServer], target: str, tree: 
     with ThreadPoolExecutor(max_workers=8) as pool:
         every = list(pool.map(landed, servers))
     for srv, files in zip(servers, every, strict=True):
-        missing = sorted(set(want) - set(files))
-        corrupt = sorted(p for p in want if p in files and files[p] != want[p])
-        extra = sorted(set(files) - set(want))
-        assert not missing and not corrupt and not extra, \
-            f"{srv.spec}: {len(missing)} missing, {len(corrupt)} corrupt, {len(extra)} extra " \
-            f"(first: {(missing + corrupt + extra)[:3]})"
+        assert_landed(srv.spec, want, files)
 
 
 def test_two_hundred_hosts_in_one_deploy(fleet: bench_fleet.Fleet, keys: dict[str, KeyPair], workspace: Path,
