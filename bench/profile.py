@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Profile one sshipit deploy of the benchmark's workload with py-spy (every thread, native code included).
 
-    python3 bench/profile.py [--scenario fresh|nochange|changed|large] [--quick] [--sshipit-src DIR]
+    python3 bench/profile.py [--scenario fresh|nochange|changed|large] [--quick | --everyday] [--keep-mtimes]
+                             [--sshipit-src DIR]
 
 Starts a loopback sshd, prepares the target as the benchmark does, then runs sshipit under
 `py-spy record --threads --native` and prints where its threads spend their samples (self and inclusive); the
@@ -61,6 +62,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="fresh")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--everyday", action="store_true", help="the everyday workload (5,000 files + 100 MB)")
+    parser.add_argument("--keep-mtimes", action="store_true", help="the redeploy keeps the files' mtimes (an "
+                        "editor's save) instead of new ones (a CI build)")
     parser.add_argument("--cache", default="/var/tmp/sshipit-bench")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--sshipit-src", default=str(BENCH.parent / "src"), help="profile the sshipit package "
@@ -70,7 +74,8 @@ def main() -> int:
     if shutil.which("py-spy") is None:
         print("profile: py-spy is missing (pip install py-spy)", file=sys.stderr)
         return 2
-    wl = workload.ensure(Path(args.cache), workload.Spec.quick() if args.quick else workload.Spec.full())
+    wl = workload.ensure(Path(args.cache), workload.Spec.quick() if args.quick else
+                         workload.Spec.everyday() if args.everyday else workload.Spec.full())
     variant, previous = SCENARIOS[args.scenario]
     scratch = Path(tempfile.mkdtemp(prefix="sshipit-profile-"))
     scratch.chmod(0o711)
@@ -90,7 +95,7 @@ def main() -> int:
             workload.set_mtimes(wl.variant(previous) / "app", now - 3600)
             subprocess.run(tool.command([ep], wl.variant(previous), target, ctx), cwd=wl.variant(previous),
                            env=ctx.env(), check=True, capture_output=True)
-        workload.set_mtimes(wl.variant(variant) / "app", now)
+        workload.set_mtimes(wl.variant(variant) / "app", now - 3600 if args.keep_mtimes else now)
         raw = results / f"profile-{args.scenario}.txt"
         argv = tool.command([ep], wl.variant(variant), target, ctx)
         started = time.perf_counter()

@@ -14,9 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections import deque
+
+
+def task_cpu(stat_path: str, children: bool = False) -> float:
+    """utime+stime (and, with `children`, the reaped children's) of a /proc stat file, in seconds."""
+    try:
+        with open(stat_path) as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Relays:
@@ -26,8 +38,13 @@ class Relays:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="wan-relays", daemon=True)
         self._thread.start()
+        self.native_id = self._thread.native_id  # for cpu_seconds
         self._servers: list[asyncio.AbstractServer] = []
         self.delay = 0.0  # seconds each way; changed between runs (applies to chunks read from then on)
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU the relays' thread has used so far (this process's /proc task entry)."""
+        return task_cpu(f"/proc/self/task/{self.native_id}/stat")
 
     def add(self, target_port: int, host: str = "127.0.0.1") -> int:
         """Start a relay to host:target_port; returns the port it listens on (127.0.0.1)."""

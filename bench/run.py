@@ -461,7 +461,7 @@ def run_wan(args: argparse.Namespace) -> int:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git": git_state(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
                 "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip()}
-        return wan.main(args, scratch, ctx, started[0][1], key.public_text, meta)
+        return wan.main(args, scratch, ctx, started[0][1], key.public_text, meta, home_server=started[0][0])
     except KeyboardInterrupt:
         log("bench: interrupted")
         return 130

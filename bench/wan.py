@@ -29,10 +29,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import measure
 import servers
-from relay import Relays
+from relay import Relays, task_cpu
 from servers import Endpoint
 from tools import Context, Rsync, TarSsh
 
@@ -245,8 +246,14 @@ class Wan:
         else:
             argv = self.other(eps[0], scenario, target)
         cwd = self.spaces[scenario.variant or "v1"]
+        cpu_before = self.server_cpu(direct), self.relays.cpu_seconds()
         measured = measure.run(argv, cwd=cwd, env=self.ctx.env(), timeout=300, log=self.scratch / "wan-run.log")
         self.relays.delay = 0.0
+        time.sleep(0.05)  # the servers' session processes end and are reaped into their sshd's counts
+        # Where the CPU went, all of it on this machine's 2 cores: the client's, the servers' (sshd and the
+        # commands it ran) and the relays'. On real servers only the client's would share the runner.
+        record.update(cpu_client=measured.cpu, cpu_servers=self.server_cpu(direct) - cpu_before[0],
+                      cpu_relays=self.relays.cpu_seconds() - cpu_before[1])
         problem = None
         if measured.returncode != 0 or measured.timed_out:
             problem = f"exit status {measured.returncode}: {measured.output.strip()[-400:]}"
@@ -256,8 +263,22 @@ class Wan:
         if problem:
             record["error"] = problem
         self.runs.append(record)
-        log(f"[wan {scenario.key} {int(delay * 2000)} ms {rep + 1}] {tool}: {measured.seconds:.3f} s"
+        log(f"[wan {scenario.key} {int(delay * 2000)} ms {rep + 1}] {tool}: {measured.seconds:.3f} s (CPU: client "
+            f"{record['cpu_client']:.2f} s, servers {record['cpu_servers']:.2f} s, relays {record['cpu_relays']:.2f} s)"
             f"{'' if problem is None else '  FAILED: ' + problem[:300]}")
+
+    def server_cpu(self, direct: list[Endpoint]) -> float:
+        """CPU used so far by the servers behind `direct`: each listening sshd and its reaped sessions."""
+        by_port = {server.port: server for server in self.local_servers}
+        total = 0.0
+        for ep in direct:
+            server = by_port.get(ep.port) or self.home_server
+            pid = server.pid if server is not None else None
+            if pid is not None:
+                total += task_cpu(f"/proc/{pid}/stat", children=True)
+        return total
+
+    home_server: Any = None  # the LocalServer behind the first endpoint (run.py starts it)
 
     def close(self) -> None:
         for ep_home, target in self.targets:
@@ -326,7 +347,24 @@ def table(results: dict) -> str:
         lines += ["", f"Fan-out at 100 ms ({CHANGED} of {FILES} files changed + one command): {FANOUT} hosts, each "
                   f"behind its own relay, in {many:.2f} s; one host in {one:.2f} s: **{ratio:.2f}x** (goal <= 1.2x: "
                   f"{'met' if ratio <= 1.2 else 'not met'})."]
+        cpu = _fanout_cpu(results.get("runs", []))
+        if cpu:
+            lines += ["", "CPU of those runs, all on this machine's cores (medians; on real servers only the client's "
+                      "shares the runner): " + "; ".join(
+                          f"{hosts} host{'s' if hosts > 1 else ''}: client {c:.2f} s, servers {s:.2f} s, relays "
+                          f"{r:.2f} s" for hosts, (c, s, r) in sorted(cpu.items())) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _fanout_cpu(runs: list[dict]) -> dict[int, tuple[float, float, float]]:
+    """hosts -> median CPU seconds (client, servers, relays) of sshipit's fan-out runs at 100 ms."""
+    grouped: dict[int, list[dict]] = {}
+    for r in runs:
+        if r.get("ok") and r["tool"] == "sshipit" and r["scenario"].startswith("fanout") and r["delay"] == HALF_RTT \
+                and "cpu_client" in r:
+            grouped.setdefault(r["hosts"], []).append(r)
+    return {hosts: tuple(statistics.median(r[k] for r in rs) for k in ("cpu_client", "cpu_servers", "cpu_relays"))
+            for hosts, rs in grouped.items()}  # type: ignore[misc]
 
 
 def write(results: dict, out: Path, publish: bool, repo: Path) -> None:
@@ -347,13 +385,15 @@ def write(results: dict, out: Path, publish: bool, repo: Path) -> None:
         print("bench: published the README's WAN table")
 
 
-def main(args: argparse.Namespace, scratch: Path, ctx: Context, home: Endpoint, public_key: str, meta: dict) -> int:
+def main(args: argparse.Namespace, scratch: Path, ctx: Context, home: Endpoint, public_key: str, meta: dict,
+         home_server: object = None) -> int:
     chosen = [BY_KEY[k] for k in (args.wan_scenarios or BY_KEY)]
     if any(s.hosts > 1 for s in chosen) and not servers.is_root():
         log("skipping the WAN fan-out: several hosts need root (one login user per server)")
         chosen = [s for s in chosen if s.hosts == 1]
     wan = Wan(scratch, ctx, home, args)
     wan.ctx_public_key = public_key
+    wan.home_server = home_server
     started = time.time()
     try:
         wan.run(chosen, args.runs)
