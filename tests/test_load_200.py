@@ -198,7 +198,8 @@ def test_fleet_shares_one_parsed_manifest_and_one_upload_copy() -> None:
     other = parse_shared(text.replace("0" * 64, "1" * 64))[0]
     assert other is not None and other is not first and other.files["a/b.txt"][2] == "1" * 64
     hostile = text.replace('"a/b.txt"', '"../b.txt"')
-    assert parse_shared(hostile) == (None, "a file entry is not (size, mode, hash) under a clean path")
+    assert parse_shared(hostile) == (
+        None, "a file entry is not (size, mode, hash) under a clean path, or its mtime not a time")
     assert parse_shared(hostile)[0] is None  # asked again: checked again, never served from the cache
     again = Manifest.loads(text)
     assert again is not None and again == first and again is not first
@@ -282,7 +283,8 @@ def _fleet_texts() -> dict[str, bytes]:
     rng = random.Random(20)
     files = {f"d/f-{n:04d}.txt": (rng.randint(1, 999), 0o644, rng.randbytes(32).hex()) for n in range(3000)}
     text = Manifest(files, {}, {"d": 0o755}).dumps()
-    late = text[:-200] + text[-200:].replace(next(iter(files.values()))[2][:1], "f", 1)  # differs near its end
+    last = files["d/f-2999.txt"][2]
+    late = text.replace(last, ("0" if last[0] != "0" else "1") + last[1:])  # differs near its end (the last file)
     assert late != text
     hostile = text.replace('"d/f-2999.txt"', '"../f-2999.txt"')
     names = sorted(files)
@@ -292,10 +294,10 @@ def _fleet_texts() -> dict[str, bytes]:
 
 def _feed_interleaved(answers: dict[str, bytes], seed: int) -> dict[str, object]:
     """Each host's answer through its ListingReader, in random pieces, the hosts' pieces interleaved as they
-    arrive from a fleet (the first host's manifest text starts first: it leads; "same" never runs more than 128 KB
-    ahead of it); returns the readers. Checks on the way that "same", whose text equals the leader's, never holds
-    more than the bound ahead of it, nor a copy of its own."""
-    from sshipit.listing import _AHEAD_LIMIT, ListingReader
+    arrive from a fleet (the first host's manifest text starts first; "same" never runs more than 128 KB ahead of
+    it); returns the readers. Checks on the way that "same", whose text equals the first host's, holds no block
+    of its own but its last partial one: each whole block is the very object the first host holds."""
+    from sshipit.listing import _BLOCK, ListingReader
     from sshipit.manifest import _SEP
 
     rng = random.Random(seed)
@@ -312,18 +314,21 @@ def _feed_interleaved(answers: dict[str, bytes], seed: int) -> dict[str, object]
         size = rng.choice([1, 7, 500, 4096, 65536])
         readers[name].feed(answers[name][offsets[name]:offsets[name] + size])
         offsets[name] += size
-        text = readers[name].text
+        text, lead = readers[name].text, readers[first].text
         if name == "same" and text is not None:
-            assert text.own is None and len(text.ahead) <= _AHEAD_LIMIT + 65536
+            assert len(text.partial) < _BLOCK and lead is not None
+            assert all(mine is theirs for mine, theirs in zip(text.blocks, lead.blocks, strict=False))
     return readers  # type: ignore[return-value]
 
 
 def test_streamed_answers_share_only_an_equal_manifest_text() -> None:
     """Hosts' answers read piece by piece as they arrive (remote.probe_then's reader): each ServerView is exactly
-    what parse_server makes of that host's joined bytes; a host whose manifest text is byte for byte the leader's
-    gets the leader's parse (the same object, no copy of its own), one that differs late gets its own, a hostile
-    one is still rejected; damaged input reads as parse_server's damaged answer (a full upload)."""
-    from sshipit.manifest import forget_local_hashes, parse_server
+    what parse_server makes of that host's joined bytes; a host whose manifest text is byte for byte the first
+    one's gets its parse (the same object, no copy of its own), one that differs late gets its own, a hostile
+    one is still rejected; damaged input reads as parse_server's damaged answer (a full upload). Once read, no
+    host's text is held any more."""
+    from sshipit.listing import parse_server
+    from sshipit.manifest import _BLOCKS, forget_local_hashes
 
     answers = _fleet_texts()
     for seed in range(4):
@@ -338,17 +343,19 @@ def test_streamed_answers_share_only_an_equal_manifest_text() -> None:
         assert views["same"].manifest is views["leader"].manifest is views["again"].manifest
         assert views["late"].manifest is not None and views["late"].manifest != views["leader"].manifest
         assert views["hostile"].manifest is None and "clean path" in views["hostile"].problem
+        assert not _BLOCKS
     forget_local_hashes()
     broken = _feed_interleaved({"leader": answers["leader"]}, 9)["leader"]
     broken.fail()  # type: ignore[attr-defined]
     assert broken.view(0) == parse_server(b"", 0, False)  # type: ignore[attr-defined]
     cut = _feed_interleaved({"leader": answers["leader"][:40]}, 9)["leader"]
     assert cut.view(0).problem == "the server's listing was cut short"  # type: ignore[attr-defined]
-    forget_local_hashes()  # a leader that stalls (its host hangs, or dies): the others keep their own text
-    stalled = _feed_interleaved({"leader": answers["leader"][:answers["leader"].index(b'{"version"') + 1000]},
+    forget_local_hashes()  # a host that stalls (it hangs, or dies): the others share what it has, and go on
+    stalled = _feed_interleaved({"leader": answers["leader"][:answers["leader"].index(b'{"version"') + 200_000]},
                                 9)["leader"]
     follower = _feed_interleaved({"again": answers["same"]}, 9)["again"]
-    assert follower.text.own is not None  # type: ignore[attr-defined]
+    shared = list(zip(follower.text.blocks, stalled.text.blocks, strict=False))  # type: ignore[attr-defined]
+    assert shared and all(mine is theirs for mine, theirs in shared)  # what the stalled one has, held once
     assert follower.view(0).manifest == parse_server(answers["same"], 0, False).manifest  # type: ignore[attr-defined]
     assert stalled.view(0).manifest is None  # type: ignore[attr-defined]
     forget_local_hashes()

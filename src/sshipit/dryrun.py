@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from sshipit.atomic import chosen_release
 from sshipit.errors import DeployError
 from sshipit.inventory import describe
-from sshipit.manifest import compare, read_server
+from sshipit.listing import read_server
+from sshipit.manifest import compare
 from sshipit.privilege import plain_manifest_file
 from sshipit.release import COMPLETE, RELEASES, SHARED, ReleaseManager, prunable
 from sshipit.remote import probe

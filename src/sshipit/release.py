@@ -37,9 +37,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sshipit.errors import DeployError
-from sshipit.manifest import server_script
+from sshipit.listing import ListingReader, server_script
 from sshipit.plan import ReleaseSpec, release_stamp
-from sshipit.remote import Probed, capture, parse_probe, probe_command
+from sshipit.remote import Probed, ProbeSplitter, capture, parse_probe, probe_command
 from sshipit.rules import quote, shell_path
 from sshipit.upload import explain_remote_failure
 
@@ -276,27 +276,54 @@ class ReleaseManager:
     def _probe_script(self, mark: str, listing: bool) -> str:
         """The lock's part that reads what the upload starts with: the live release's id as `current` names it
         (read as state() reads it, from the same link), then the probe (remote.probe_command) and, with
-        `listing`, the read-only listing of that release (manifest.server_script), then an end mark and status."""
+        `listing`, the read-only listing of that release (listing.server_script), then an end mark and status."""
         current = shell_path(self.path(CURRENT))
         # $L: not a name the probe's own lines use (its loop variable is c)
         live = server_script(f'{shell_path(self.path(RELEASES))}/"$L"', f'{shell_path(self.path(STATE, "manifests"))}'
-                             '/"$L".json', quoted=True)
+                             '/"$L".json', quoted=True, probed=True)
         probe = (f'if [ -n "$L" ]; then ( {probe_command(live)} ); else ( {probe_command(None)} ); fi'
                  if listing else f"( {probe_command(None)} )")
         return (f"L=; if [ -L {current} ]; then L=$(readlink {current}); L=${{L%/}}; L=${{L##*/}}; fi; "
                 f"printf 'LIVE %s\\n' \"$L\"; {probe}; printf '\\n{mark}.END %s\\n' $?; ")
 
     async def _read_probe(self, process: SSHClientProcess, mark: str, listing: bool) -> None:
-        """Read what _probe_script printed; on any surprise nothing is kept, and the upload probes on its own."""
+        """Read what _probe_script printed; on any surprise nothing is kept, and the upload probes on its own.
+        The listing goes through a ListingReader as it arrives (as remote.probe_then reads it), never joined."""
         end = f"\n{mark}.END ".encode()
         with contextlib.suppress(Exception):
             live = (await asyncio.wait_for(process.stdout.readline(), 60)).decode("utf-8", "surrogateescape")
-            raw = await asyncio.wait_for(process.stdout.readuntil(end), 600)
-            status = (await asyncio.wait_for(process.stdout.readline(), 60)).strip()
-            if live.startswith("LIVE ") and live.endswith("\n") and status.isdigit():
-                live_id = live[5:-1]
-                ran = listing and bool(live_id)
-                self._probed = (live_id, ran, parse_probe(raw[:-len(end)], int(status), ran))
+            if not (live.startswith("LIVE ") and live.endswith("\n")):
+                return
+            live_id = live[5:-1]
+            ran = listing and bool(live_id)
+            upload = self.plan.upload
+            split = ProbeSplitter(ListingReader(upload.entries if upload is not None else []))
+            head = bytearray()  # without a listing: the probe's few lines
+
+            async def until_end() -> bytes:
+                held = bytearray()  # the last bytes, which may be the start of the end mark
+                while True:
+                    chunk = await process.stdout.read(1 << 16)
+                    if not chunk:
+                        raise EOFError("the lock's answer ended before its end mark")
+                    held += chunk
+                    at = held.find(end)
+                    keep = at if at >= 0 else max(0, len(held) - len(end) + 1)
+                    (split.feed if ran else head.extend)(bytes(held[:keep]))
+                    del held[:keep]
+                    if at >= 0:
+                        rest = held[len(end):]
+                        while b"\n" not in rest:
+                            more = await process.stdout.read(64)
+                            if not more:
+                                raise EOFError("the lock's answer ended in its status")
+                            rest += more
+                        return bytes(rest[:rest.index(b"\n")])
+
+            status = (await asyncio.wait_for(until_end(), 600)).strip()
+            if status.isdigit():
+                probed = split.finish(int(status)) if ran else parse_probe(bytes(head), int(status), False)
+                self._probed = (live_id, ran, probed)
 
     def prefetched(self, live: str | None, listing: bool) -> Probed | None:
         """The probe lock() ran, once, if it read what the upload would: the same live release (`current`, as

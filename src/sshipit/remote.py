@@ -22,7 +22,9 @@ _PROBE = (
     "if tar --version 2>/dev/null | grep -q 'GNU tar'; then echo tar=gnu; "
     "elif command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi; "
     "for c in zstd gzip; do command -v $c >/dev/null 2>&1 && echo has=$c; done; "
-    "find . -maxdepth 0 -cnewer . >/dev/null 2>&1 && echo has=find-cnewer; true"
+    # GNU find (-printf): the listing that follows is one walk (listing.server_script, told by $sshipit_walk).
+    "sshipit_walk=; if find . -maxdepth 0 -cnewer . -printf '' 2>/dev/null; then sshipit_walk=1; "
+    "echo has=find-cnewer; elif find . -maxdepth 0 -cnewer . >/dev/null 2>&1; then echo has=find-cnewer; fi; true"
 )
 
 
@@ -72,7 +74,8 @@ class Probed:
     after: bytes | None  # the output of the read-only command run after the probe (None: not run, or no shell)
     exit_status: int | None  # that command's
     gzip: bool  # `after` is gzipped
-    streamed: bool = False  # `then`'s whole output went to the reader given to probe_then (decompressed)
+    streamed: bool = False  # `then`'s whole output went to `reader` (decompressed)
+    reader: AfterReader | None = None
 
 
 class AfterReader(Protocol):
@@ -102,44 +105,14 @@ async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None
 
 async def _streamed(conn: SSHClientConnection, command: str, timeout: float, reader: AfterReader) -> Probed:
     """probe_then with a reader: the probe's own lines are kept (a few bytes), the rest goes to `reader`."""
-    end = f"\n{PROBE_END}\n".encode()
-    head = bytearray()
-    found: list[Probed] = []  # the probe's answer, once its end mark came
-    unzip: list[zlib._Decompress] = []  # while the rest comes gzipped and undamaged
-    damaged = [False]
-
-    def feed(chunk: bytes) -> None:
-        if found:
-            if damaged[0]:
-                return  # the rest is not read: the reader failed already
-            if unzip:
-                try:
-                    chunk = unzip[0].decompress(chunk)
-                except zlib.error:
-                    damaged[0] = True
-                    reader.fail()
-                    return
-            reader.feed(chunk)
-            return
-        head.extend(chunk)
-        at = head.find(end)
-        if at < 0:
-            return
-        rest = bytes(head[at + len(end):])
-        del head[at:]
-        found.append(parse_probe(bytes(head), None, False))
-        if found[0].traits.shell and "gzip" in found[0].traits.tools:
-            unzip.append(zlib.decompressobj(wbits=31))
-        if rest:
-            feed(rest)
-
+    split = ProbeSplitter(reader)
     process = await conn.create_process(command, encoding=None)
     try:
         process.stdin.write_eof()
 
         async def out() -> None:
             while chunk := await process.stdout.read(1 << 16):
-                feed(chunk)
+                split.feed(chunk)
 
         async def err() -> None:  # drained, or an unread stderr would stall the channel
             while await process.stderr.read(1 << 16):
@@ -152,12 +125,55 @@ async def _streamed(conn: SSHClientConnection, command: str, timeout: float, rea
         status = await asyncio.wait_for(run(), timeout)
     finally:
         process.close()
-    if not found or not found[0].traits.shell:  # no end mark: the caller reads again on its own
-        return parse_probe(bytes(head), status, True)
-    gzip = bool(unzip)
-    if gzip and not damaged[0] and not unzip[0].eof:
-        reader.fail()  # cut short
-    return Probed(found[0].traits, None, status, gzip, streamed=True)
+    return split.finish(status)
+
+
+class ProbeSplitter:
+    """probe_command(then)'s output as it arrives: the probe's own lines are kept (a few bytes) until its end
+    mark, the rest goes to `reader`, decompressed where it comes gzipped (release.py's lock reads its exec's
+    answer through one too)."""
+
+    def __init__(self, reader: AfterReader) -> None:
+        self.reader = reader
+        self.head = bytearray()
+        self.found: Probed | None = None  # the probe's answer, once its end mark came
+        self.unzip: zlib._Decompress | None = None  # while the rest comes gzipped
+        self.damaged = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.found is not None:
+            if self.damaged:
+                return  # the rest is not read: the reader failed already
+            if self.unzip is not None:
+                try:
+                    chunk = self.unzip.decompress(chunk)
+                except zlib.error:
+                    self.damaged = True
+                    self.reader.fail()
+                    return
+            self.reader.feed(chunk)
+            return
+        self.head.extend(chunk)
+        end = f"\n{PROBE_END}\n".encode()
+        at = self.head.find(end)
+        if at < 0:
+            return
+        rest = bytes(self.head[at + len(end):])
+        del self.head[at:]
+        self.found = parse_probe(bytes(self.head), None, False)
+        if self.found.traits.shell and "gzip" in self.found.traits.tools:
+            self.unzip = zlib.decompressobj(wbits=31)
+        if rest:
+            self.feed(rest)
+
+    def finish(self, status: int | None) -> Probed:
+        """The probe's answer once the command ended with `status`; the reader has had all of `then`'s output."""
+        if self.found is None or not self.found.traits.shell:  # no end mark: the caller reads again on its own
+            return parse_probe(bytes(self.head), status, True)
+        gzip = self.unzip is not None
+        if self.unzip is not None and not self.damaged and not self.unzip.eof:
+            self.reader.fail()  # cut short
+        return Probed(self.found.traits, None, status, gzip, streamed=True, reader=self.reader)
 
 
 def probe_command(then: str | None) -> str:

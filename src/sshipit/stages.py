@@ -13,16 +13,8 @@ from typing import TYPE_CHECKING
 
 from sshipit.commands import build_script, run_commands
 from sshipit.errors import DeployError
-from sshipit.listing import ListingReader
-from sshipit.manifest import (
-    Manifest,
-    compare,
-    parse_server,
-    read_server,
-    seed_removals,
-    server_script,
-    write_manifest,
-)
+from sshipit.listing import ListingReader, parse_server, read_server, server_script
+from sshipit.manifest import Manifest, compare, seed_removals, write_manifest
 from sshipit.plan import AROUND, HostSpec, Plan
 from sshipit.privilege import plain_manifest_file
 from sshipit.release import RELEASES, ReleaseManager
@@ -51,12 +43,12 @@ async def upload_files(
         reading = (dest, plain_manifest_file(conn, plan.privileges, dest))
     # An atomic deploy's lock ran this probe (and reading) already, in its own exec (ReleaseManager.prefetched).
     probed = releases.prefetched(live, reading is not None) if releases is not None else None
-    listing = ListingReader() if reading is not None else None  # read as it arrives: no joined copy a host
-    if probed is None:
-        probed = await probe_then(conn, plan.connect_timeout, server_script(*reading) if reading else None,
-                                  listing)
-    traits = probed.traits
     entries = plan.upload.entries if plan.upload is not None else []
+    if probed is None:
+        listing = ListingReader(entries) if reading is not None else None  # read as it arrives: no joined copy
+        probed = await probe_then(conn, plan.connect_timeout,
+                                  server_script(*reading, probed=True) if reading else None, listing)
+    traits = probed.traits
     if not traits.shell or (traits.tar == "none" and releases is not None):
         if plan.commands or plan.run_once or releases is not None:
             needs = "atomic releases" if releases is not None else "commands" if plan.commands else "run_once"
@@ -85,14 +77,14 @@ async def upload_files(
     view = None
     gzip = "gzip" in traits.tools  # the manifest and the server's listing travel compressed
     if reading is not None:
-        if probed.streamed and listing is not None:
-            view = listing.view(probed.exit_status)
-            listing = None
+        if probed.streamed and isinstance(probed.reader, ListingReader):
+            view = probed.reader.view(probed.exit_status)
+            probed.reader = None  # read: not kept through the upload
         elif probed.after is not None:
-            view = parse_server(probed.after, probed.exit_status, probed.gzip)
+            view = parse_server(probed.after, probed.exit_status, probed.gzip, entries)
             probed.after = None  # read: not kept through the upload (a megabyte a host for 20,000 files)
         else:  # the probe's answer was cut short: read again, on its own
-            view = await read_server(conn, *reading, plan.connect_timeout, gzip)
+            view = await read_server(conn, *reading, plan.connect_timeout, gzip, entries)
     if view is not None and view.problem:  # the file is the login's to write: never trusted, never fatal
         console.warn(f"the manifest of the last deploy is unusable ({view.problem}): uploading everything", host)
     delta = compare(entries, view, plan.delete if releases is None else (), checksum=plan.checksum)
@@ -125,7 +117,8 @@ async def upload_files(
     # with the upload, unless stale files are pruned after it: until they are gone, the old manifest (which
     # lists them) must stay, so that a failed prune is retried by the next deploy.
     backdate = "find-cnewer" not in traits.tools
-    carried = None if pruning else ManifestOut(manifest_path, manifest_now, backdate)
+    carried = None if pruning else ManifestOut(manifest_path, manifest_now, backdate, old_manifest,
+                                               reading[1] if reading is not None else "")
     progress = Progress.of(send)
     if send or plan.rm or plan.delete or not in_place:
         async with console.progress(host, progress):

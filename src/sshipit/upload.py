@@ -25,6 +25,7 @@ from sshipit.errors import DeployError, local_file_error
 from sshipit.manifest import (
     Manifest,
     anchor_manifest,
+    appendable,
     cached_hash,
     encoded_build,
     manifest_aside,
@@ -79,6 +80,10 @@ class ManifestOut:
     path: str
     build: Callable[[], Manifest]
     backdate: bool = False  # dated a second back: for servers whose find has no -cnewer (manifest._date)
+    # The stored manifest this upload was compared with, and where it is (the live release's, for an atomic
+    # deploy): when manifest.appendable says so, only a record travels, appended to a copy of that file.
+    base: Manifest | None = None
+    base_path: str = ""
 
 
 @dataclass
@@ -112,6 +117,7 @@ def clear_commands(rm: bool, delete: list[str], keep: str = "") -> list[str]:
 
 
 END = ".sshipit-end."  # the archive's last member: a stream cut short (or stopped on purpose) lacks it
+MEMBER = ".sshipit-manifest."  # the manifest's member, just before the end marker
 
 # Run by `find DIR -type d -exec sh -c _CHECK sh {} +` on a staged directory the target has too, read-only and
 # before anything changes: every directory of the target that receives files must be writable, or the merge would
@@ -146,41 +152,51 @@ def staged_extract(
 
     Until the whole stream has arrived and unpacked (its end marker included), the target is untouched: a cut
     connection, a full disk or a source that changed while read leaves no half-written file there. Then, before
-    anything changes, every target directory that receives files is checked writable (_CHECK). A top-level name
-    the target does not have yet is renamed in whole (one step, however many files are below it: a first deploy
-    costs no more than plain tar); one it has is merged: paths whose type changed are removed first
-    (_RESOLVE_DIRS, _RESOLVE_OTHERS), then each file is hard-linked over the old one, so every file is replaced by
-    a complete copy, never rewritten in place, and each directory gets the stream's mode and time. A failed step
-    removes the staging directory; one left by a killed server or shell is removed by a later upload (older than
-    an hour). The staging name is unique, so two deploys at once do not collide. `unpacked` runs in the target
-    right after the extraction (to take the manifest out of the staging), `done` once the staging is gone, and
-    `undo` when a step fails.
+    anything changes, every target directory that receives files is checked writable (_CHECK). Top-level names
+    the target does not have yet are renamed in whole (one `mv` for all of them, however many files are below:
+    a first deploy costs no more than plain tar); those it has are merged: paths whose type changed are removed
+    first (_RESOLVE_DIRS, _RESOLVE_OTHERS), then each file is hard-linked over the old one, so every file is
+    replaced by a complete copy, never rewritten in place, and each directory gets the stream's mode and time.
+    The shell sorts the names with builtins and each pass runs once over all of them (find and cp take several
+    start points): about a millisecond a process, 13 processes instead of 31 for a redeploy into three
+    top-level names. A failed step removes the staging directory; one left by a killed server or shell is
+    removed by a later upload (older than an hour). The staging name is unique, so two deploys at once do not
+    collide. `unpacked` runs in the target right after the extraction (to take the manifest out of the staging),
+    `done` once the staging is gone, and `undo` when a step fails.
     """
     staging = STAGING + nonce
     end = END + nonce
     # A failed step removes the staging at once: after a full disk, the next deploy needs that space back.
     or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; {undo + '; ' if undo else ''}exit $rc; }}"
-    names = f"{staging}/* {staging}/.[!.]* {staging}/..?*"
+    # The staged top-level names, as "$f" and the target's "$n" (the end marker and a manifest record stay, and go
+    # with the staging).
+    each = (f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do case $f in */{end}|*/{MEMBER}{nonce}) "
+            "continue;; esac; "
+            '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; n=${f#*/}; ')
+    there = '{ [ -e "$n" ] || [ -L "$n" ]; }'
+    # Those the target has too, gathered as "$@". The check walks them all: where the target's name is a link
+    # or not a directory, _CHECK itself skips what lies below it.
     check = (
-        f"for f in {names}; do "
-        'n=${f#*/}; '
-        'if [ -d "$f" ] && [ ! -L "$f" ] && [ -d "$n" ] && [ ! -L "$n" ]; then '
-        f"find \"$f\" -type d -exec sh -c '{_CHECK}' sh {{}} + {or_drop}; fi; done"
+        f'set --; {each}if {there}; then set -- "$@" "$f"; fi; done; '
+        f"if [ $# -gt 0 ]; then find \"$@\" -type d -exec sh -c '{_CHECK}' sh {{}} + {or_drop}; fi"
     )
+    # New names go in one rename; what is left in the staging then is what the target has too.
     place = (
-        f"for f in {names}; do "
-        '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; '
-        'n=${f#*/}; '
-        'if [ -e "$n" ] || [ -L "$n" ]; then '
-        f"find \"$f\" -type d -exec sh -c '{_RESOLVE_DIRS}' sh {{}} + && "
-        f"find \"$f\" ! -type d -exec sh -c '{_RESOLVE_OTHERS}' sh {{}} + && cp -alf -- \"$f\" . ; "
-        'else mv -- "$f" "$n"; fi '
-        f"{or_drop}; done"
+        f'set --; {each}{there} || set -- "$@" "$f"; done; '
+        f'if [ $# -gt 0 ]; then mv -- "$@" . {or_drop}; fi; '
+        f'set --; {each}set -- "$@" "$f"; done; '
+        "if [ $# -gt 0 ]; then "
+        f"find \"$@\" -type d -exec sh -c '{_RESOLVE_DIRS}' sh {{}} + && "
+        f"find \"$@\" ! -type d -exec sh -c '{_RESOLVE_OTHERS}' sh {{}} + && cp -alf -- \"$@\" . {or_drop}; fi"
     )
+    # A leftover staging is rare: the glob (a builtin) says whether there is one for `find -mmin` to weigh.
+    cleanup = (f"for f in ./{STAGING}*; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
+               f"find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null; fi; break; done")
     return [
-        f"{{ find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null || true; }}",
+        f"{{ {cleanup}; true; }}",
         f"mkdir -- {staging}",
-        f"{{ ( cd -- {staging} && {unpack} && {end_check(end)} ) {or_drop}; }}",
+        f"{{ ( cd -- {staging} && {unpack} && {{ [ -f {end} ] || "
+        f"{{ echo 'the upload stream ended before its end' >&2; false; }}; }} ) {or_drop}; }}",
         *unpacked,
         f"{{ {check}; }}",
         *clear_commands(rm, delete, keep=staging),
@@ -444,23 +460,29 @@ async def upload_tar(
     compression = choose_compression(plan.compress, traits, local) if entries else "none"
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
     nonce = secrets.token_hex(6)
-    steps = [*([before] if before else []), f"mkdir -p -- {target}", f"cd -- {target}"]
+    # `mkdir -p` only when needed: on a redeploy the directory is there, and a process is about a millisecond.
+    steps = [*([before] if before else []), f"{{ [ -d {target} ] || mkdir -p -- {target}; }}", f"cd -- {target}"]
     if clear and (plan.rm or plan.delete or plan.prune):
         steps.append(clearing_guard(plan.delete))  # the home however spelled, or a link on a delete path
     # The manifest, when it goes along: the stream's last member, moved aside once unpacked, stored at the end.
     trailer = None
     member = ""
+    base = None
     stored: tuple[str, ...] = ()
     if manifest is not None and entries:
-        member = f".sshipit-manifest.{nonce}"  # random: no source file can have the name
+        member = MEMBER + nonce  # random: no source file can have the name
         built = manifest.build
-        trailer = (member, lambda: encoded_build(built))  # one bytes object for every host it fits
-        steps.insert(0, anchor_manifest(manifest.path))
+        base = manifest.base if manifest.base_path and appendable(manifest.base, entries) else None
+        trailer = (member, lambda: encoded_build(built, base))  # one bytes object for every host it fits
+        anchor = anchor_manifest(manifest.path)
+        if base is not None:  # a record, appended to a copy of the base: $B, anchored as $M is
+            anchor += f'; B={shell_path(manifest.base_path)}; case $B in /*) ;; *) B="$PWD/$B";; esac'
+        steps.insert(0, anchor)
         stored = (store_manifest(manifest.backdate),)
     if not entries:
         steps += clear_commands(plan.rm, plan.delete) if clear else []
     elif clear:
-        aside = (manifest_aside(f"{STAGING}{nonce}/{member}"),) if member else ()
+        aside = (manifest_aside(f"{STAGING}{nonce}/{member}", '"$B"' if base else ""),) if member else ()
         owned = (chown_step(plan.privileges.owner, STAGING + nonce),) if plan.privileges.owner else ()
         steps += staged_extract(unpack, plan.rm, plan.delete, nonce, unpacked=aside + owned, done=stored,
                                 undo='rm -f -- "$N"' if member else "")
@@ -469,7 +491,8 @@ async def upload_tar(
         if plan.privileges.owner:  # seeded files are links to the live release's: the same owner already
             steps.append(chown_step(plan.privileges.owner, "."))
         if member:
-            steps += [manifest_aside(member), *stored]
+            steps += [manifest_aside(member, '"$B"' if base else ""), *([f"rm -f -- {member}"] if base else []),
+                      *stored]
     command = " && ".join(steps)
     loop = asyncio.get_running_loop()
     started = loop.time()
