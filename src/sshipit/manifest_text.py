@@ -32,7 +32,8 @@ def clean(path: object) -> bool:
     """A relative path as we send it: no empty, '.' or '..' part, no NUL, not absolute."""
     if type(path) is not str or not path or len(path) > 4096 or "\0" in path:
         return False
-    if path[0] == "/" or path[-1] == "/" or "//" in path or not encodable(path):
+    # Only a surrogate can fail to encode (names are read with surrogateescape; other lone ones are forged).
+    if path[0] == "/" or path[-1] == "/" or "//" in path or not (path.isascii() or encodable(path)):
         return False
     return not any(part in (".", "..") for part in path.split("/")) if "." in path else True
 
