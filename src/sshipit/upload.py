@@ -170,7 +170,7 @@ def staged_extract(
     or_drop = f"|| {{ rc=$?; rm -rf -- {staging}; {undo + '; ' if undo else ''}exit $rc; }}"
     # The staged top-level names, as "$f" and the target's "$n" (the end marker and a manifest record stay, and go
     # with the staging).
-    each = (f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do case $f in */{end}|*/{MEMBER}{nonce}) "
+    each = (f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do case $f in (*/{end}|*/{MEMBER}{nonce}) "
             "continue;; esac; "
             '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; n=${f#*/}; ')
     there = '{ [ -e "$n" ] || [ -L "$n" ]; }'
