@@ -266,3 +266,49 @@ def test_hosts_holding_the_build_share_its_names() -> None:
         view = parse_server(raw(listed), 0, False, entries)
         assert isinstance(view.present, set) and view.present == want
     forget_local_hashes()
+
+
+def test_the_probe_answer_reads_alike_packed_or_not_and_a_damaged_pack_is_no_listing(
+    server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit
+) -> None:
+    """The probe with the listing behind it, as a server runs it: gzipped (across a link) or plain (to a server on
+    this machine, remote.across_a_link), read through ProbeSplitter as it arrives in small pieces, gives the same
+    ServerView; the packed answer really is gzip, and one damaged on the way is no listing (a full upload)."""
+    from sshipit.remote import PROBE_END, ProbeSplitter, probe_command
+
+    site = workspace / "site"
+    for n in range(40):
+        (site / f"d{n % 4}").mkdir(parents=True, exist_ok=True)
+        (site / f"d{n % 4}" / f"f{n}.txt").write_text(f"file {n}\n" * n)
+    result = run_sshipit(env=plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="site"))
+    assert result.returncode == 0, result
+    home = Path(pwd.getpwnam(server.user).pw_dir)
+    manifest = home / user_manifest_path(plain_manifest_key(str(remote_dir)))
+    entries = entries_of(remote_dir)
+    then = server_script(str(remote_dir), str(manifest), probed=True)
+    mark = f"\n{PROBE_END}\n".encode()
+
+    def read(raw: bytes, packed: bool) -> tuple[ServerView, bool]:
+        forget_local_hashes()
+        reader = ListingReader(entries)
+        split = ProbeSplitter(reader, packed)
+        for at in range(0, len(raw), 777):
+            split.feed(raw[at:at + 777])
+        probed = split.finish(0)
+        assert probed.streamed and probed.traits.shell
+        return reader.view(probed.exit_status), probed.gzip
+
+    packed_raw = as_login(server, probe_command(then, True))
+    plain_raw = as_login(server, probe_command(then, False))
+    assert packed_raw.partition(mark)[2][:2] == b"\x1f\x8b", "the packed listing did not come gzipped"
+    assert plain_raw.partition(mark)[2].startswith(b"walked\n")
+    packed_view, packed_gzip = read(packed_raw, True)
+    plain_view, plain_gzip = read(plain_raw, False)
+    assert packed_gzip and not plain_gzip
+    assert fields(packed_view) == fields(plain_view)
+    assert plain_view.manifest is not None and "site/d1/f5.txt" in plain_view.present
+    head, _, body = packed_raw.partition(mark)
+    damaged = head + mark + body[:40] + bytes(b ^ 0x55 for b in body[40:80]) + body[80:]
+    view, _ = read(damaged, True)
+    forget_local_hashes()
+    assert view.manifest is None and not view.present, "a damaged listing must read as none"

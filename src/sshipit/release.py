@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from sshipit.errors import DeployError
 from sshipit.listing import ListingReader, server_script
 from sshipit.plan import ReleaseSpec, release_stamp
-from sshipit.remote import Probed, ProbeSplitter, capture, parse_probe, probe_command
+from sshipit.remote import Probed, ProbeSplitter, across_a_link, capture, parse_probe, probe_command
 from sshipit.rules import quote, shell_path
 from sshipit.upload import explain_remote_failure
 
@@ -281,7 +281,8 @@ class ReleaseManager:
         # $L: not a name the probe's own lines use (its loop variable is c)
         live = server_script(f'{shell_path(self.path(RELEASES))}/"$L"', f'{shell_path(self.path(STATE, "manifests"))}'
                              '/"$L".json', quoted=True, probed=True)
-        probe = (f'if [ -n "$L" ]; then ( {probe_command(live)} ); else ( {probe_command(None)} ); fi'
+        packed = across_a_link(self.conn, self.plan.jumps)
+        probe = (f'if [ -n "$L" ]; then ( {probe_command(live, packed)} ); else ( {probe_command(None)} ); fi'
                  if listing else f"( {probe_command(None)} )")
         return (f"L=; if [ -L {current} ]; then L=$(readlink {current}); L=${{L%/}}; L=${{L##*/}}; fi; "
                 f"printf 'LIVE %s\\n' \"$L\"; {probe}; printf '\\n{mark}.END %s\\n' $?; ")
@@ -297,7 +298,8 @@ class ReleaseManager:
             live_id = live[5:-1]
             ran = listing and bool(live_id)
             upload = self.plan.upload
-            split = ProbeSplitter(ListingReader(upload.entries if upload is not None else []))
+            split = ProbeSplitter(ListingReader(upload.entries if upload is not None else []),
+                                  across_a_link(self.conn, self.plan.jumps))
             head = bytearray()  # without a listing: the probe's few lines
 
             async def until_end() -> bytes:

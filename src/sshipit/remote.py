@@ -19,8 +19,9 @@ PROBE_MARK = "sshipit-probe-ok"
 PROBE_END = "sshipit-probe-end"
 _PROBE = (
     f"printf '%s\\n' {PROBE_MARK}; "
-    "if tar --version 2>/dev/null | grep -q 'GNU tar'; then echo tar=gnu; "
-    "elif command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi; "
+    # One process for tar's version (a pipe into grep was two, for every host of a fleet).
+    "case $(tar --version 2>/dev/null) in *'GNU tar'*) echo tar=gnu;; *) "
+    "if command -v tar >/dev/null 2>&1; then echo tar=other; else echo tar=none; fi;; esac; "
     "for c in zstd gzip; do command -v $c >/dev/null 2>&1 && echo has=$c; done; "
     # GNU find (-printf): the listing that follows is one walk (listing.server_script, told by $sshipit_walk).
     "sshipit_walk=; if find . -maxdepth 0 -cnewer . -printf '' 2>/dev/null; then sshipit_walk=1; "
@@ -87,25 +88,25 @@ class AfterReader(Protocol):
 
 
 async def probe_then(conn: SSHClientConnection, timeout: float, then: str | None,
-                     reader: AfterReader | None = None) -> Probed:
+                     reader: AfterReader | None = None, packed: bool = True) -> Probed:
     """The probe and, in the same exec (one round trip for both), the read-only command `then`, whose output
-    comes back gzipped where the server has gzip. `then` is built by the caller with every value quoted.
+    comes back gzipped where the server has gzip and `packed` (across_a_link) asks for it. `then` is built by the
+    caller with every value quoted.
     With `reader`, that output is decompressed and handed over piece by piece as it arrives (Probed.streamed),
     never joined: for 20,000 files it is a megabyte compressed, held by every host of a fleet at once otherwise."""
     import asyncssh
 
     try:
         if reader is not None and then is not None:
-            return await _streamed(conn, probe_command(then), timeout, reader)
-        result = await capture(conn, probe_command(then), timeout)
+            return await _streamed(conn, probe_command(then, packed), timeout, ProbeSplitter(reader, packed))
+        result = await capture(conn, probe_command(then, packed), timeout)
     except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
         return NO_SHELL
-    return parse_probe(result.raw, result.exit_status, then is not None)
+    return parse_probe(result.raw, result.exit_status, then is not None, packed)
 
 
-async def _streamed(conn: SSHClientConnection, command: str, timeout: float, reader: AfterReader) -> Probed:
-    """probe_then with a reader: the probe's own lines are kept (a few bytes), the rest goes to `reader`."""
-    split = ProbeSplitter(reader)
+async def _streamed(conn: SSHClientConnection, command: str, timeout: float, split: ProbeSplitter) -> Probed:
+    """probe_then with a reader: the probe's own lines are kept (a few bytes), the rest goes to the reader."""
     process = await conn.create_process(command, encoding=None)
     try:
         process.stdin.write_eof()
@@ -133,8 +134,9 @@ class ProbeSplitter:
     mark, the rest goes to `reader`, decompressed where it comes gzipped (release.py's lock reads its exec's
     answer through one too)."""
 
-    def __init__(self, reader: AfterReader) -> None:
+    def __init__(self, reader: AfterReader, packed: bool = True) -> None:
         self.reader = reader
+        self.packed = packed  # probe_command's: the rest comes gzipped where the server has gzip
         self.head = bytearray()
         self.found: Probed | None = None  # the probe's answer, once its end mark came
         self.unzip: zlib._Decompress | None = None  # while the rest comes gzipped
@@ -161,7 +163,7 @@ class ProbeSplitter:
         rest = bytes(self.head[at + len(end):])
         del self.head[at:]
         self.found = parse_probe(bytes(self.head), None, False)
-        if self.found.traits.shell and "gzip" in self.found.traits.tools:
+        if self.packed and self.found.traits.shell and "gzip" in self.found.traits.tools:
             self.unzip = zlib.decompressobj(wbits=31)
         if rest:
             self.feed(rest)
@@ -169,17 +171,19 @@ class ProbeSplitter:
     def finish(self, status: int | None) -> Probed:
         """The probe's answer once the command ended with `status`; the reader has had all of `then`'s output."""
         if self.found is None or not self.found.traits.shell:  # no end mark: the caller reads again on its own
-            return parse_probe(bytes(self.head), status, True)
+            return parse_probe(bytes(self.head), status, True, self.packed)
         gzip = self.unzip is not None
         if self.unzip is not None and not self.damaged and not self.unzip.eof:
             self.reader.fail()  # cut short
         return Probed(self.found.traits, None, status, gzip, streamed=True, reader=self.reader)
 
 
-def probe_command(then: str | None) -> str:
+def probe_command(then: str | None, packed: bool = True) -> str:
     """The shell command behind probe_then (release.py's lock runs it too, in the lock's own exec)."""
     command = _PROBE
-    if then is not None:
+    if then is not None and not packed:
+        command += f"; printf '%s\\n' {PROBE_END}; ( {then} )"
+    elif then is not None:
         # In a subshell either way: `then` may exit or change directory. The probe's own lines come first and
         # are ours alone, so the first end mark is the boundary whatever `then` prints.
         command += (f"; printf '%s\\n' {PROBE_END}; if command -v gzip >/dev/null 2>&1; "
@@ -190,8 +194,8 @@ def probe_command(then: str | None) -> str:
 NO_SHELL = Probed(ServerTraits(shell=False, tar="none"), None, None, False)
 
 
-def parse_probe(raw: bytes, exit_status: int | None, then: bool) -> Probed:
-    """What probe_command printed (`then`: it ran a command after the probe)."""
+def parse_probe(raw: bytes, exit_status: int | None, then: bool, packed: bool = True) -> Probed:
+    """What probe_command printed (`then`: it ran a command after the probe; `packed`: probe_command's)."""
     head, after = raw, None
     if then:
         head, found, rest = raw.partition(f"\n{PROBE_END}\n".encode())
@@ -206,7 +210,14 @@ def parse_probe(raw: bytes, exit_status: int | None, then: bool) -> Probed:
             tar = line[4:].strip()
         elif line.startswith("has="):
             tools.add(line[4:].strip())
-    return Probed(ServerTraits(shell=True, tar=tar, tools=frozenset(tools)), after, exit_status, "gzip" in tools)
+    return Probed(ServerTraits(shell=True, tar=tar, tools=frozenset(tools)), after, exit_status,
+                  packed and "gzip" in tools)
+
+
+def across_a_link(conn: SSHClientConnection, jumps: object) -> bool:
+    """Whether compressing what travels can pay: not to a server on this machine, where the "link" is memory and
+    compressing only costs CPU on both ends (through a jump host, the first hop is a real link)."""
+    return bool(jumps) or not on_this_machine(conn)
 
 
 def on_this_machine(conn: SSHClientConnection) -> bool:

@@ -18,7 +18,7 @@ from sshipit.manifest import Manifest, compare, seed_removals, write_manifest
 from sshipit.plan import AROUND, HostSpec, Plan
 from sshipit.privilege import plain_manifest_file
 from sshipit.release import RELEASES, ReleaseManager
-from sshipit.remote import probe_then
+from sshipit.remote import across_a_link, probe_then
 from sshipit.report import Console, HostResult, human_bytes, ran_text
 from sshipit.sftp import upload_sftp
 from sshipit.upload import ManifestOut, Progress, UploadStats, remove_paths, upload_tar
@@ -47,7 +47,8 @@ async def upload_files(
     if probed is None:
         listing = ListingReader(entries) if reading is not None else None  # read as it arrives: no joined copy
         probed = await probe_then(conn, plan.connect_timeout,
-                                  server_script(*reading, probed=True) if reading else None, listing)
+                                  server_script(*reading, probed=True) if reading else None, listing,
+                                  packed=across_a_link(conn, plan.jumps))
     traits = probed.traits
     if not traits.shell or (traits.tar == "none" and releases is not None):
         if plan.commands or plan.run_once or releases is not None:

@@ -34,7 +34,7 @@ from sshipit.manifest import (
     store_manifest,
 )
 from sshipit.privilege import chown_step
-from sshipit.remote import ServerTraits, on_this_machine
+from sshipit.remote import ServerTraits, across_a_link
 from sshipit.rules import clearing_guard, guard_refusal, quote, shell_path
 from sshipit.sources import Entry
 
@@ -456,8 +456,8 @@ async def upload_tar(
     import asyncssh
 
     target = shell_path(dest)
-    local = not plan.jumps and on_this_machine(conn)  # through a jump host, the first hop is the real link
-    compression = choose_compression(plan.compress, traits, local) if entries else "none"
+    compression = choose_compression(plan.compress, traits, not across_a_link(conn, plan.jumps)) \
+        if entries else "none"
     unpack = {"zstd": "zstd -dcq | ", "gzip": "gzip -dc | "}.get(compression, "") + traits.tar_extract
     nonce = secrets.token_hex(6)
     # `mkdir -p` only when needed: on a redeploy the directory is there, and a process is about a millisecond.
