@@ -31,7 +31,7 @@ import pytest
 
 from helpers import REPO, assert_landed
 from sshipit.localserver import KeyPair
-from test_load import run_measured
+from test_load import on_disk, run_measured
 
 sys.path.insert(0, str(REPO / "bench"))
 import fleet as bench_fleet
@@ -86,13 +86,7 @@ def check_every_host(servers: list[bench_fleet.FleetServer], target: str, tree: 
     want = {f"dist/{rel}": hashlib.sha256(data).hexdigest() for rel, data in tree.items()}
 
     def landed(srv: bench_fleet.FleetServer) -> dict[str, str]:
-        root = srv.home_dir / target
-        found = {}
-        for folder, _dirs, names in os.walk(root):
-            for name in names:
-                path = Path(folder) / name
-                found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-        return found
+        return on_disk(srv.home_dir / target)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         every = list(pool.map(landed, servers))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,7 @@ from helpers import plugin_env, rmtree
 from helpers import run_sshipit as run
 from sshipit.localserver import KeyPair, LocalServer, default_login_user
 from test_fidelity import built, tree
-from test_wire import HALF, Relays
+from test_wire import HALF, Relays, times_at_each_delay
 
 Node = tuple[object, ...]  # ("file", content, mode, mtime) | ("dir", mode) | ("link", destination)
 Tree = dict[bytes, Node]
@@ -187,19 +186,8 @@ def round_trips_at_least(run: RunSshipit, relays: Relays, env: dict[str, str], p
                          runs: int = 5) -> float:
     """Round trips on the critical path, as test_wire.round_trips counts them, from the fastest of `runs` deploys
     at each delay: other work on the machine only ever adds time, and would be counted as round trips."""
-    fastest = {}
-    for delay in (0.0, HALF):
-        times = []
-        for _ in range(runs):
-            prepare()
-            relays.delay = delay
-            started = time.monotonic()
-            result = run(env=env)
-            times.append(time.monotonic() - started)
-            relays.delay = 0.0
-            assert result.returncode == 0, result.output
-        fastest[delay] = min(times)
-    return (fastest[HALF] - fastest[0.0]) / (2 * HALF)
+    times = times_at_each_delay(run, relays, env, prepare, runs)
+    return (min(times[HALF]) - min(times[0.0])) / (2 * HALF)
 
 
 @pytest.fixture

@@ -339,7 +339,7 @@ class ManifestText:
         self.release()
         text = data.decode("utf-8", "surrogateescape")
         del data
-        manifest, problem = parse_shared(text) if text.strip() else (None, "")
+        manifest, problem = parse_shared(text, key) if text.strip() else (None, "")
         if problem:
             _UNUSABLE[key] = problem
         return manifest, problem

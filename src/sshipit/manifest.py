@@ -314,11 +314,13 @@ _LAST: list[Manifest] = []
 _ENCODED: list[bytes] = [b"", b""]  # the last manifest written: [digest, JSON bytes], shared by the hosts it fits
 
 
-def parse_shared(text: str) -> tuple[Manifest | None, str]:
-    """Manifest.parse, once per distinct text during a deploy (see _SHARED)."""
-    key = new_digest()
-    key.update(text.encode("utf-8", "surrogateescape"))
-    digest = key.hexdigest().encode()
+def parse_shared(text: str, digest: bytes = b"") -> tuple[Manifest | None, str]:
+    """Manifest.parse, once per distinct text during a deploy (see _SHARED). `digest`: the hex digest of the text's
+    bytes, when the caller has it already (listing.ManifestText hashes the bytes as they came)."""
+    if not digest:
+        key = new_digest()
+        key.update(text.encode("utf-8", "surrogateescape"))
+        digest = key.hexdigest().encode()
     manifest = _SHARED.get(digest)
     if manifest is not None:
         return manifest, ""
@@ -497,11 +499,16 @@ def seed_removals(entries: list[Entry], delta: Delta, view: ServerView) -> list[
     return sorted(doomed) + doomed_dirs
 
 
+def anchored(var: str, path: str, quoted: bool = False) -> str:
+    """Shell step that sets $`var` to `path` made absolute: relative paths are relative to the login's home, where
+    a command starts, and the commands that use the variable change directory first."""
+    return f'{var}={path if quoted else shell_path(path)}; case ${var} in /*) ;; *) {var}="$PWD/${var}";; esac'
+
+
 def anchor_manifest(path: str, quoted: bool = False) -> str:
-    """Shell step that sets $M to the manifest's path, made absolute (relative paths are relative to the login's
-    home, where a command starts, and the commands that use $M change directory first), and $N to the name an
-    incoming manifest waits under until it is stored."""
-    return f'M={path if quoted else shell_path(path)}; case $M in /*) ;; *) M="$PWD/$M";; esac; N="$M.new.$$"'
+    """Shell step that sets $M to the manifest's path, made absolute (anchored), and $N to the name an incoming
+    manifest waits under until it is stored."""
+    return f'{anchored("M", path, quoted)}; N="$M.new.$$"'
 
 
 def _date(path: str, backdate: bool) -> str:

@@ -215,6 +215,7 @@ class ReleaseManager:
         lock = shell_path(self.path(STATE, "lock"))
         owner = quote(f"{spec.owner()} (started {spec.created})")
         mark = secrets.token_hex(8)  # ends the state's lines: no release name or metadata can forge it
+        packed = across_a_link(self.conn, self.plan.jumps)  # the listing comes back gzipped (remote.probe_command)
         script = (
             f"mkdir -p -- {shell_path(self.path(STATE))} || exit 70; waited=0; "
             "while :; do "
@@ -234,7 +235,7 @@ class ReleaseManager:
             "  [ -d \"$d\" ] && { n=${d%/}; printf 'RELEASE %s\\n' \"${n##*/}\"; }; done; "
             # state()'s reading, under the lock and in this exec: one round trip fewer per atomic deploy.
             f"echo STATE.{mark}; ( {self._state_script()} ); echo READY.{mark}; "
-            f"{self._probe_script(mark, listing) if probe else ''}"
+            f"{self._probe_script(mark, listing, packed) if probe else ''}"
             # A holder removes the lock only while it holds its pid: finish() may have removed it already, and
             # another deploy may hold it since.
             f'cat >/dev/null; if [ "$(cat {lock}/pid 2>/dev/null)" = $$ ]; then rm -rf -- {lock}; fi'
@@ -255,7 +256,7 @@ class ReleaseManager:
                 self._locked_state = "\n".join(lines[start + 1:-1])
                 self.spec = final_release(spec, existing)
                 if probe:
-                    await self._read_probe(process, mark, listing)
+                    await self._read_probe(process, mark, listing, packed)
                 return self.spec
         stderr = ""
         with contextlib.suppress(Exception):  # why mkdir failed (permission denied, a full disk), if it said
@@ -273,7 +274,7 @@ class ReleaseManager:
         raise DeployError(f"{self.host.label}: cannot create {self.path(STATE)} (is the target writable?)",
                           setting="target", phase="release")
 
-    def _probe_script(self, mark: str, listing: bool) -> str:
+    def _probe_script(self, mark: str, listing: bool, packed: bool) -> str:
         """The lock's part that reads what the upload starts with: the live release's id as `current` names it
         (read as state() reads it, from the same link), then the probe (remote.probe_command) and, with
         `listing`, the read-only listing of that release (listing.server_script), then an end mark and status."""
@@ -281,13 +282,12 @@ class ReleaseManager:
         # $L: not a name the probe's own lines use (its loop variable is c)
         live = server_script(f'{shell_path(self.path(RELEASES))}/"$L"', f'{shell_path(self.path(STATE, "manifests"))}'
                              '/"$L".json', quoted=True, probed=True)
-        packed = across_a_link(self.conn, self.plan.jumps)
         probe = (f'if [ -n "$L" ]; then ( {probe_command(live, packed)} ); else ( {probe_command(None)} ); fi'
                  if listing else f"( {probe_command(None)} )")
         return (f"L=; if [ -L {current} ]; then L=$(readlink {current}); L=${{L%/}}; L=${{L##*/}}; fi; "
                 f"printf 'LIVE %s\\n' \"$L\"; {probe}; printf '\\n{mark}.END %s\\n' $?; ")
 
-    async def _read_probe(self, process: SSHClientProcess, mark: str, listing: bool) -> None:
+    async def _read_probe(self, process: SSHClientProcess, mark: str, listing: bool, packed: bool) -> None:
         """Read what _probe_script printed; on any surprise nothing is kept, and the upload probes on its own.
         The listing goes through a ListingReader as it arrives (as remote.probe_then reads it), never joined."""
         end = f"\n{mark}.END ".encode()
@@ -298,8 +298,7 @@ class ReleaseManager:
             live_id = live[5:-1]
             ran = listing and bool(live_id)
             upload = self.plan.upload
-            split = ProbeSplitter(ListingReader(upload.entries if upload is not None else []),
-                                  across_a_link(self.conn, self.plan.jumps))
+            split = ProbeSplitter(ListingReader(upload.entries if upload is not None else []), packed)
             head = bytearray()  # without a listing: the probe's few lines
 
             async def until_end() -> bytes:

@@ -25,6 +25,7 @@ from sshipit.errors import DeployError, local_file_error
 from sshipit.manifest import (
     Manifest,
     anchor_manifest,
+    anchored,
     appendable,
     cached_hash,
     encoded_build,
@@ -195,8 +196,7 @@ def staged_extract(
     return [
         f"{{ {cleanup}; true; }}",
         f"mkdir -- {staging}",
-        f"{{ ( cd -- {staging} && {unpack} && {{ [ -f {end} ] || "
-        f"{{ echo 'the upload stream ended before its end' >&2; false; }}; }} ) {or_drop}; }}",
+        f"{{ ( cd -- {staging} && {unpack} && {end_check(end, keep=True)} ) {or_drop}; }}",
         *unpacked,
         f"{{ {check}; }}",
         *clear_commands(rm, delete, keep=staging),
@@ -206,9 +206,11 @@ def staged_extract(
     ]
 
 
-def end_check(end: str) -> str:
-    """Shell step, run where the archive was unpacked: its end marker must be there (and goes)."""
-    return f"{{ rm -- {end} 2>/dev/null || {{ echo 'the upload stream ended before its end' >&2; false; }}; }}"
+def end_check(end: str, keep: bool = False) -> str:
+    """Shell step, run where the archive was unpacked: its end marker must be there, and goes (`keep`: it stays,
+    to go with the staging directory)."""
+    test = f"[ -f {end} ]" if keep else f"rm -- {end} 2>/dev/null"
+    return f"{{ {test} || {{ echo 'the upload stream ended before its end' >&2; false; }}; }}"
 
 
 _TYPE = {"file": b"0", "dir": b"5", "symlink": b"2"}
@@ -476,7 +478,7 @@ async def upload_tar(
         trailer = (member, lambda: encoded_build(built, base))  # one bytes object for every host it fits
         anchor = anchor_manifest(manifest.path)
         if base is not None:  # a record, appended to a copy of the base: $B, anchored as $M is
-            anchor += f'; B={shell_path(manifest.base_path)}; case $B in /*) ;; *) B="$PWD/$B";; esac'
+            anchor += f"; {anchored('B', manifest.base_path)}"
         steps.insert(0, anchor)
         stored = (store_manifest(manifest.backdate),)
     if not entries:
