@@ -28,7 +28,7 @@ from sshipit.errors import DeployError
 from sshipit.hosts import Credentials, HostKeyPolicy, HostSpec, JumpHop
 from sshipit.plan import Plan
 from sshipit.sshconfig import ProxyCommand, ProxyCommandFailed
-from sshipit.wire import CLIENT_VERSION, connect_early, quicken, take_early, version_sent
+from sshipit.wire import CLIENT_VERSION, connect_early, no_ignore_packets, quicken, take_early, version_sent
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection, SSHKey
@@ -319,6 +319,7 @@ async def _connect_once(endpoint: _Endpoint, plan: Plan, tunnel: SSHClientConnec
             if getattr(conn, "_sshipit_early", False):
                 version_sent(conn)
             quicken(conn, first_methods, early_auth=early_auth, open_early=one_attempt)
+            no_ignore_packets(conn)  # one packet where asyncssh sent two (wire.py)
 
         def validate_host_public_key(self, _host: str, _addr: str, _port: int, key: SSHKey) -> bool:
             offered.append(key)
@@ -443,20 +444,42 @@ class _Coalescing:
         return getattr(self._transport, name)
 
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux; elsewhere ACKs keep the system's timing
+
+
 class _Bridge(asyncio.Protocol):
-    """Hands the socket's events to the SSH connection, which sees the coalescing transport."""
+    """Hands the socket's events to the SSH connection, which sees the coalescing transport; acknowledges what
+    the server sends without delay (_ack_now)."""
 
     def __init__(self, session: asyncio.Protocol, early: bool = False) -> None:
         self.session = session
         self.early = early
+        self.sock: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.early:
             self.session._sshipit_early = True  # type: ignore[attr-defined]  # see Client.connection_made
+        sock = transport.get_extra_info("socket")
+        self.sock = sock if _QUICKACK is not None and sock is not None and sock.type == socket.SOCK_STREAM else None
         self.session.connection_made(_Coalescing(transport))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
+        if self.sock is not None:
+            self._ack_now()
         self.session.data_received(data)
+
+    def _ack_now(self) -> None:
+        """Acknowledge what came at once, not after Linux's delayed-ACK timer (up to 40 ms).
+
+        sshd leaves Nagle's algorithm on for sessions without a terminal: a small packet it sends (a channel's
+        confirmation, an exec's first output) waits until its previous one is acknowledged. With the ACK
+        delayed, each such exchange stalled ~40 ms: on loopback, from the login to a command's first output
+        took 45 ms instead of 4. Quick-ack mode does not last, so it is asked for again after every read.
+        """
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[union-attr]
+        except OSError:  # closing: nothing left to acknowledge
+            self.sock = None
 
     def eof_received(self) -> bool | None:
         return self.session.eof_received()

@@ -97,6 +97,27 @@ def quicken(conn: SSHClientConnection, first_methods: list[bytes], early_auth: b
         conn.send_service_request = request_and_begin  # type: ignore[attr-defined]
 
 
+def no_ignore_packets(conn: SSHClientConnection) -> None:
+    """Send each SSH packet alone, not behind an empty MSG_IGNORE packet as asyncssh does for every packet once
+    encrypting: that old defence against the predictable IVs of CBC modes (RFC 4251 9.3.1) halves nothing on the
+    ciphers we offer (connect.CIPHERS: GCM, ChaCha20-Poly1305, CTR; OpenSSH sends none either), but doubles the
+    packets, each encrypted here and decrypted by the server: a 120 MB upload made 7,600 instead of 3,800.
+    Only while the negotiated cipher is not CBC; a future asyncssh that has no `send_packet` keeps its own way."""
+    from asyncssh.constants import MSG_IGNORE
+
+    send = getattr(conn, "send_packet", None)
+    if send is None:
+        return
+    empty = b"\0\0\0\0"  # String(b""): the padding packet's whole payload (no other part of asyncssh sends it)
+
+    def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if pkttype == MSG_IGNORE and args == (empty,) and b"-cbc" not in (getattr(conn, "_enc_alg_cs", b"") or b"-cbc"):
+            return
+        send(pkttype, *args, **kwargs)
+
+    conn.send_packet = send_packet  # type: ignore[method-assign]  # the connection's own: its channels call it
+
+
 def _once_skipped(conn: SSHClientConnection) -> Callable[[], None]:
     """asyncssh sends KEXINIT when the server's version arrives; ours went already: skip that one call."""
 
