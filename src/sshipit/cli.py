@@ -12,7 +12,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -22,6 +22,7 @@ from sshipit.settings import CATALOGUE, Raw, RawSettings, from_environment
 
 if TYPE_CHECKING:
     from sshipit.report import Console
+    from sshipit.sources import Collected
 
 _EPILOG = """\
 Every setting can also be given as an environment variable: PLUGIN_<NAME> (Drone, Woodpecker) or
@@ -152,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         debug_raw = raw.known.get("debug")
         debug = bool(debug_raw and (debug_raw.text or "").strip().lower() in ("true", "yes", "on", "1", "y"))
         translated = translate(raw, environ)  # the peers' settings (drone-scp, drone-rsync, ...) as sshipit's
-        plans = [build(run, environ, Path.cwd()) for run in translated.runs]  # one per target; all checked first
+        # One per target, all checked first; the one target's sources may be read while its servers answer the
+        # probe (plan.sources_may_wait), never those of several targets: each is checked before the first runs.
+        later = len(translated.runs) == 1
+        plans = [build(run, environ, Path.cwd(), sources_later=later) for run in translated.runs]
         from sshipit.connect import start_early
 
         start_early(plans[0])  # TCP connect and versions while asyncssh and the rest load (connect.py, wire.py)
@@ -160,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         import asyncio
 
         from sshipit.deploy import deploy, exit_status
+        from sshipit.sources import Pending
 
         results: list[Any] = []
         captured = _capture_stdout(console) if translated.capture_stdout else None
         for plan in plans:
             console.masker = plan.masker
+            if isinstance(plan.upload, Pending):
+                plan.upload.on_read = _sources_read(console)
             for warning in plan.warnings:
                 console.warn(warning)
             if plan.debug:
@@ -236,6 +243,18 @@ def _lighter_imports() -> None:
     for name in ("ssl", "asyncssh.crypto.x509"):
         if name not in sys.modules:
             sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError: "not installed"
+
+
+def _sources_read(console: Console) -> Callable[[Collected], None]:
+    """What follows reading the sources on first use (sources.Pending): their warnings are said, and their
+    entries, which live to the end, are frozen like the plan's (main's gc.freeze)."""
+
+    def read(collected: Collected) -> None:
+        gc.freeze()
+        for warning in collected.warnings:
+            console.warn(warning)
+
+    return read
 
 
 def _ci_report(console: Console, environ: Mapping[str, str], seconds: float, status: int, **what: Any) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 import zlib
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING
 
 from sshipit.manifest import (
@@ -139,8 +139,10 @@ class ListingReader:
     into this host's flags (or its own set, for a name the build does not have) as soon as it is whole; the
     manifest text goes to a ManifestText."""
 
-    def __init__(self, entries: Sequence[Entry] = ()) -> None:
-        self.index = LocalIndex.of(entries)
+    def __init__(self, entries: Sequence[Entry] | Callable[[], Sequence[Entry]] = ()) -> None:
+        # A callable gives the entries when the first bytes come (sources.Pending: read while the server works).
+        self.entries = entries
+        self.index = LocalIndex.of(()) if callable(entries) else LocalIndex.of(entries)
         self.files = bytearray(len(self.index.files))  # _PRESENT | _TOUCHED by position
         self.dirs = bytearray(len(self.index.dirs))
         self.counts = [0, 0, 0]  # local names present, touched, directories
@@ -152,7 +154,16 @@ class ListingReader:
         self.broken = False  # the stream was damaged or cut short
         self.garbled = False  # the listing is not one find prints
 
+    def _local(self) -> None:
+        """The index of the local names, once they are known (before the first name is looked up)."""
+        if callable(self.entries):
+            self.index = LocalIndex.of(self.entries())
+            self.entries = ()
+            self.files = bytearray(len(self.index.files))
+            self.dirs = bytearray(len(self.index.dirs))
+
     def feed(self, data: bytes) -> None:
+        self._local()
         if self.text is not None:
             self.text.feed(data)
             return
@@ -257,6 +268,7 @@ class ListingReader:
 
     def view(self, exit_status: int | None) -> ServerView:
         """The ServerView: the same for the same bytes however they were cut into pieces."""
+        self._local()
         if self.text is not None and (self.broken or self.garbled or exit_status != 0):
             self.text.release()
         if self.broken or self.head not in (b"walked", b"present") or exit_status != 0:

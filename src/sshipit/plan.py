@@ -41,7 +41,7 @@ from sshipit.settings import (
     parse_int,
     suggest,
 )
-from sshipit.sources import Collected, Listing, collect
+from sshipit.sources import Collected, Listing, Pending, check_named, collect
 
 
 @dataclass
@@ -180,15 +180,41 @@ def new_release(environ: Mapping[str, str], now: float | None = None, *, release
 # ------------------------------------------------------------------------------------------------------- build
 
 
-def build(raw: RawSettings, environ: dict[str, str], workspace: Path) -> Plan:
-    """Check every setting and decide the whole deploy. Raises SettingsError with one clear line."""
+def build(raw: RawSettings, environ: dict[str, str], workspace: Path, sources_later: bool = False) -> Plan:
+    """Check every setting and decide the whole deploy. Raises SettingsError with one clear line.
+
+    `sources_later` (the sshipit command): where nothing but a read-only look at the server comes before the
+    upload (sources_may_wait), the sources' walk is read on first use (sources.Pending), while the server answers.
+    """
     values = Values(raw)
     # The source directories are listed by another process while the settings are checked (sources.Listing).
     listing = Listing.start(workspace, values.items("sources"))
     try:
-        return _build(values, raw, environ, workspace, listing)
-    finally:
+        plan = _build(values, raw, environ, workspace, listing)
+        if isinstance(plan.upload, Pending):
+            at = plan.warnings.index(_SOURCES_WARNINGS)
+            if sources_later and sources_may_wait(plan):
+                del plan.warnings[at]  # said when they are read (cli.py: Pending.say)
+            else:
+                plan.warnings[at:at + 1] = plan.upload.warnings  # read now, and said where they always were
+    except BaseException:
         listing.close()
+        raise
+    if plan.upload is None:
+        listing.close()
+    return plan
+
+
+_SOURCES_WARNINGS = "\0sources"  # where the sources' warnings go in the plan's list, once they are read
+
+
+def sources_may_wait(plan: Plan) -> bool:
+    """Whether nothing runs on a server before the upload but its read-only probe and listing: a plain deploy
+    (no releases, no dry run, no listing) without before_upload or sudo/owner (privilege.become checks first).
+    Only then may a sources error be found after connecting: it still ends the deploy with its one line, exit 2,
+    and nothing changed on any server."""
+    return not (plan.atomic or plan.dry_run or plan.list_releases or plan.before_upload
+                or plan.privileges.sudo or plan.privileges.owner)
 
 
 def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace: Path, listing: Listing) -> Plan:
@@ -244,8 +270,17 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
         if target is None and not all(host.target for host in hosts):
             raise SettingsError("sources are set but target is not", setting="target",
                                 hint="set target to the remote directory to upload into")
-        upload = collect(workspace, sources, strip, listing, values.flag("dereference"))
-        warnings += upload.warnings
+        check_named(workspace, sources)  # now, whenever the walk is read: a missing source contacts no host
+        dereference = values.flag("dereference")
+
+        def sources_now() -> Collected:
+            collected = collect(workspace, sources, strip, listing, dereference)
+            if plan.privileges.chmod:  # before any manifest compares modes: as they will land
+                chmod_entries(collected.entries, plan.privileges.chmod)
+            return collected
+
+        upload = Pending(sources_now)
+        warnings.append(_SOURCES_WARNINGS)
     rm = values.flag("rm")
     delete = [clean_relative(path, "delete") for path in values.items("delete")]
     if (rm or delete) and target is None and not all(host.target for host in hosts):
@@ -362,8 +397,6 @@ def _build(values: Values, raw: RawSettings, environ: dict[str, str], workspace:
     _fleet(plan, values)
     plan.privileges = read_privileges(values.text, values.flag)
     masker.add(plan.privileges.sudo_password)
-    if upload is not None and plan.privileges.chmod:  # before any manifest compares modes: as they will land
-        chmod_entries(upload.entries, plan.privileges.chmod)
     plan.phase, plan.shard, plan.all_hosts, plan.rollback_to = phase, shard, all_hosts, rollback_to
     plan.list_releases = list_releases
     _around(plan, around)

@@ -22,6 +22,7 @@ from sshipit.hooks import Once, before_upload, host_facts, on_failure
 from sshipit.plan import HostSpec, Plan
 from sshipit.privilege import become
 from sshipit.report import Console, HostResult, error_line
+from sshipit.sources import sources_failure
 from sshipit.stages import run_step, upload_files
 from sshipit.wire import keep_spare
 
@@ -43,8 +44,12 @@ async def deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Fleet
         try:
             await _deploy_host(host, plan, console, fleet, result)
         except (TimeoutError, asyncssh.Error, OSError) as exc:
+            if sources_failure(plan.upload, exc):
+                raise
             raise _explained(exc, host, plan, result) from exc
     except DeployError as exc:
+        if sources_failure(plan.upload, exc):
+            raise  # a setting's error, found on first use: the deploy's one line (cli.py), no host's
         result.error = error_line(exc, host.label, result.phase)
         result.phase = exc.phase or result.phase
         result.exit_status = exc.exit_status
@@ -84,7 +89,8 @@ async def _deploy_host(host: HostSpec, plan: Plan, console: Console, fleet: Flee
                 async with fleet.work:
                     await deploy_plain(conn, host, plan, console, result, fleet.once)
         except (DeployError, TimeoutError, asyncssh.Error, OSError) as exc:
-            await _after_failure(conn, host, plan, console, fleet, result, exc)
+            if not sources_failure(plan.upload, exc):  # nothing ran: nothing to run on_failure for
+                await _after_failure(conn, host, plan, console, fleet, result, exc)
             raise
     result.ok = True
 

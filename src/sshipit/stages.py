@@ -26,6 +26,8 @@ from sshipit.upload import ManifestOut, Progress, UploadStats, remove_paths, upl
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
 
+    from sshipit.sources import Entry
+
 
 async def upload_files(
     conn: SSHClientConnection, host: HostSpec, plan: Plan, console: Console, result: HostResult, dest: str,
@@ -43,12 +45,15 @@ async def upload_files(
         reading = (dest, plain_manifest_file(conn, plan.privileges, dest))
     # An atomic deploy's lock ran this probe (and reading) already, in its own exec (ReleaseManager.prefetched).
     probed = releases.prefetched(live, reading is not None) if releases is not None else None
-    entries = plan.upload.entries if plan.upload is not None else []
+    def local_entries() -> list[Entry]:  # read on first use (sources.Pending): while the server answers the probe
+        return plan.upload.entries if plan.upload is not None else []
+
     if probed is None:
-        listing = ListingReader(entries) if reading is not None else None  # read as it arrives: no joined copy
+        listing = ListingReader(local_entries) if reading is not None else None  # read as it arrives
         probed = await probe_then(conn, plan.connect_timeout,
                                   server_script(*reading, probed=True) if reading else None, listing,
                                   packed=across_a_link(conn, plan.jumps))
+    entries = local_entries()
     traits = probed.traits
     if not traits.shell or (traits.tar == "none" and releases is not None):
         if plan.commands or plan.run_once or releases is not None:
