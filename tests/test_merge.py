@@ -20,14 +20,17 @@ import pytest
 from conftest import RunSshipit
 from helpers import Result, one_error, plugin_env, server_bin_dir, start_server
 from sshipit.localserver import KeyPair, LocalServer
+from sshipit.upload import LISTED_NAMES
 
 # Everything the probe, the listing and the upload may run; what is not found here is not wrapped (and not run).
 TOOLS = ("sh", "find", "cp", "mv", "rm", "mkdir", "touch", "tar", "zstd", "gzip", "head", "cat", "grep", "date",
          "chown", "chmod", "ln", "xargs", "readlink", "stat", "id", "uname", "sleep", "env", "ls", "wc", "sed")
 # The upload command of a redeploy that changes a file in each of three top-level directories: mkdir (staging),
-# tar, mv (manifest aside), find+sh (check), find+sh (directories), find+sh (the rest), cp, rm -rf, touch, mv.
-# It was 31 when each top-level name had its own passes.
-UPLOAD_PROCESSES = 13
+# tar, mv or cat (manifest aside), cp, rm -rf, touch, mv; the check and the two passes that clear the way run in
+# the upload's shell over the stream's own names (upload.listed_names). A stream of more names than
+# upload.LISTED_NAMES adds find+sh (check), find+sh (directories), find+sh (the rest): 13. It was 31 when each
+# top-level name had its own passes.
+UPLOAD_PROCESSES = 7
 
 
 @pytest.fixture(scope="module")
@@ -65,39 +68,51 @@ def ok(result: Result) -> Result:
     return result
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["listed", "walked"])
 def test_a_redeploy_runs_one_pass_of_each_kind_over_every_merged_name(
     counting_server: tuple[LocalServer, Path], keys: dict[str, KeyPair], workspace: Path, remote_dir: Path,
-    run_sshipit: RunSshipit,
+    run_sshipit: RunSshipit, many: bool,
 ) -> None:
+    """A few changed names: the passes run in the upload's shell over the stream's names, no find; more names
+    than upload.LISTED_NAMES: one find pass of each kind over the staging. Either way, what changed lands."""
     server, log = counting_server
     dist = workspace / "dist"
     for top in ("a", "b", "c"):
         for n in range(5):
             (dist / top / f"s{n}").mkdir(parents=True)
             (dist / top / f"s{n}" / "f.txt").write_text(f"{top}{n}\n")
+    extra = [dist / "a" / "s4" / f"x{n}.txt" for n in range(LISTED_NAMES + 1 if many else 0)]
+    for path in extra:
+        path.write_text("x\n")
     env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="dist", strip_components=1,
                      compress="none")
     ok(run_sshipit(env=env))
     for top in ("a", "b", "c"):
         (dist / top / "s3" / "f.txt").write_text(f"{top} changed\n")
+    for path in extra:
+        path.write_text("x, changed\n")
     log.write_text("")
     ok(run_sshipit(env=env))
     commands = by_command(log)
     uploads = [tools for tools in commands if "tar" in tools and "cp" in tools]
     assert len(uploads) == 1, commands
-    assert len(uploads[0]) <= UPLOAD_PROCESSES, uploads[0]
-    assert uploads[0].count("find") == 3 and uploads[0].count("cp") == 1, uploads[0]
+    assert len(uploads[0]) <= (13 if many else UPLOAD_PROCESSES), uploads[0]
+    assert uploads[0].count("find") == (3 if many else 0) and uploads[0].count("cp") == 1, uploads[0]
     for top in ("a", "b", "c"):
         assert (remote_dir / top / "s3" / "f.txt").read_text() == f"{top} changed\n"
         assert (remote_dir / top / "s1" / "f.txt").read_text() == f"{top}1\n"
+    assert all((remote_dir / path.relative_to(dist)).read_text() == "x, changed\n" for path in extra)
+    assert not [p for p in os.listdir(remote_dir) if p.startswith(".sshipit-")]
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["listed", "walked"])
 def test_new_and_merged_names_of_every_spelling_land_together(
     server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, tmp_path: Path,
-    run_sshipit: RunSshipit,
+    run_sshipit: RunSshipit, many: bool,
 ) -> None:
     """Top-level names the glob must find (dot names, `..x`, a name with a space or a leading dash), some new and
-    some merged in one upload, with type changes among the merged ones: all land as built, nothing outside."""
+    some merged in one upload, with type changes among the merged ones: all land as built, nothing outside; over
+    the stream's own names and (`many`: more than upload.LISTED_NAMES) over find's walk alike."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "theirs.txt").write_text("not ours\n")
@@ -110,6 +125,10 @@ def test_new_and_merged_names_of_every_spelling_land_together(
         (dist / name / "f.txt").write_text(f"{name} v1\n")
     (dist / "link").symlink_to(outside)  # a link out of the target, as built: replaced by a directory later
     (dist / "file").write_text("a file, a directory later\n")
+    if many:
+        (dist / "plain" / "many").mkdir()
+        for n in range(LISTED_NAMES + 1):
+            (dist / "plain" / "many" / f"{n}.txt").write_text(f"{n}\n")
     env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="dist", incremental=False)
     ok(run_sshipit(env=env))
     for name in names[:3]:

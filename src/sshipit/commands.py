@@ -96,7 +96,9 @@ def build_script(plan: Plan, nonce: str, commands: list[str], cwd: str | None, m
     for name, value, is_path in plan.facts.exports():
         lines.append(f"export {name}={absolute(value) if is_path else quote(value)}")
     if cwd is not None and make_cwd:
-        lines.append(f"mkdir -p -- {shell_path(cwd)} && cd -- {shell_path(cwd)} || exit 1")
+        # cd first: the directory is there on every deploy but the first, and `mkdir` is a process on each host.
+        lines.append(f"{{ cd -- {shell_path(cwd)} 2>/dev/null || {{ mkdir -p -- {shell_path(cwd)} && "
+                     f"cd -- {shell_path(cwd)}; }}; }} || exit 1")
     elif cwd is not None:
         lines.append(f"cd -- {shell_path(cwd)} 2>/dev/null || :")
     for name, value in plan.exports:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import secrets
 import tarfile
 import threading
@@ -145,9 +146,42 @@ _RESOLVE_OTHERS = (
 )
 
 
+# A stream of at most this many names (and this many bytes of them, quoted) is merged by passes over its own list
+# of names, run by the upload's shell (staged_extract's `listed`); a bigger one by find over the staging.
+LISTED_NAMES, LISTED_BYTES = 400, 32 << 10
+
+
+def listed_names(entries: list[Entry]) -> tuple[list[str], list[str]] | None:
+    """What a stream of `entries` stages, for staged_extract's `listed`: its directories (each sent one and every
+    parent of a sent name), parents before children, and its other names; None when there are too many, or one
+    is not UTF-8 (the command is text)."""
+    if len(entries) > LISTED_NAMES:
+        return None
+    dirs: set[str] = set()
+    others: list[str] = []
+    for entry in entries:
+        if entry.kind == "dir":
+            dirs.add(entry.name)
+        else:
+            others.append(entry.name)
+        parent = posixpath.dirname(entry.name)
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = posixpath.dirname(parent)
+    ordered = sorted(dirs, key=lambda name: name.split("/"))  # a parent sorts before everything below it
+    if sum(len(name) + 8 for name in (*ordered, *others)) > LISTED_BYTES:
+        return None
+    if not all(name.isascii() for name in (*ordered, *others)):
+        try:  # a name that is not UTF-8 (read with surrogateescape) cannot be written in the command: find walks
+            "".join((*ordered, *others)).encode()
+        except UnicodeEncodeError:
+            return None
+    return ordered, others
+
+
 def staged_extract(
     unpack: str, rm: bool, delete: list[str], nonce: str, unpacked: tuple[str, ...] = (), done: tuple[str, ...] = (),
-    undo: str = "",
+    undo: str = "", listed: tuple[list[str], list[str]] | None = None,
 ) -> list[str]:
     """Extract into a hidden staging directory, then move everything into place and drop the staging.
 
@@ -164,6 +198,10 @@ def staged_extract(
     removed by a later upload (older than an hour). The staging name is unique, so two deploys at once do not
     collide. `unpacked` runs in the target right after the extraction (to take the manifest out of the staging),
     `done` once the staging is gone, and `undo` when a step fails.
+    With `listed` (listed_names: a small redeploy's directories and other names, as the stream holds them), the
+    three passes run in the upload's own shell over those names instead of find's walk (six processes fewer on
+    every host: most redeploys change a few files); names below a new top-level name are left out at run time,
+    exactly as find never reaches them once it is renamed.
     """
     staging = STAGING + nonce
     end = END + nonce
@@ -182,14 +220,34 @@ def staged_extract(
         f"if [ $# -gt 0 ]; then find \"$@\" -type d -exec sh -c '{_CHECK}' sh {{}} + {or_drop}; fi"
     )
     # New names go in one rename; what is left in the staging then is what the target has too.
+    rename = f'set --; {each}{there} || set -- "$@" "$f"; done; if [ $# -gt 0 ]; then mv -- "$@" . {or_drop}; fi'
     place = (
-        f'set --; {each}{there} || set -- "$@" "$f"; done; '
-        f'if [ $# -gt 0 ]; then mv -- "$@" . {or_drop}; fi; '
-        f'set --; {each}set -- "$@" "$f"; done; '
+        f'{rename}; set --; {each}set -- "$@" "$f"; done; '
         "if [ $# -gt 0 ]; then "
         f"find \"$@\" -type d -exec sh -c '{_RESOLVE_DIRS}' sh {{}} + && "
         f"find \"$@\" ! -type d -exec sh -c '{_RESOLVE_OTHERS}' sh {{}} + && cp -alf -- \"$@\" . {or_drop}; fi"
     )
+    passes: tuple[str, ...] = ()
+    if listed is not None:
+        # The same three loops as shell functions (`return`, not `exit`), each given the listed names that are
+        # in the staging: before the rename, those below a name the target has (the check); after it, those
+        # still staged (the merged ones).
+        functions = (f"{name}() {{ {body.replace('exit 1', 'return 1')}; }}" for name, body in
+                     (("sshipit_check", _CHECK), ("sshipit_dirs", _RESOLVE_DIRS), ("sshipit_others", _RESOLVE_OTHERS)))
+        passes = (f"{{ {'; '.join(functions)}; }}",)
+        words = {kind: " ".join(quote(f"{staging}/{name}") for name in names) for kind, names in
+                 zip(("dirs", "others"), listed, strict=True)}
+
+        def over(kind: str, keep: str, function: str) -> str:
+            if not words[kind]:
+                return "true"
+            return (f'set --; for p in {words[kind]}; do {keep} && set -- "$@" "$p"; done; '
+                    f'if [ $# -gt 0 ]; then {function} "$@" {or_drop}; fi')
+
+        staged = '{ [ -e "$p" ] || [ -L "$p" ]; }'
+        check = over("dirs", '{ t=${p#*/}; n=${t%%/*}; [ -e "$n" ] || [ -L "$n" ]; }', "sshipit_check")
+        place = (f'{rename}; {over("dirs", staged, "sshipit_dirs")}; {over("others", staged, "sshipit_others")}; '
+                 f'set --; {each}set -- "$@" "$f"; done; if [ $# -gt 0 ]; then cp -alf -- "$@" . {or_drop}; fi')
     # A leftover staging is rare: the glob (a builtin) says whether there is one for `find -mmin` to weigh.
     cleanup = (f"for f in ./{STAGING}*; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
                f"find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null; fi; break; done")
@@ -197,6 +255,7 @@ def staged_extract(
         f"{{ {cleanup}; true; }}",
         f"mkdir -- {staging}",
         f"{{ ( cd -- {staging} && {unpack} && {end_check(end, keep=True)} ) {or_drop}; }}",
+        *passes,
         *unpacked,
         f"{{ {check}; }}",
         *clear_commands(rm, delete, keep=staging),
@@ -487,7 +546,7 @@ async def upload_tar(
         aside = (manifest_aside(f"{STAGING}{nonce}/{member}", '"$B"' if base else ""),) if member else ()
         owned = (chown_step(plan.privileges.owner, STAGING + nonce),) if plan.privileges.owner else ()
         steps += staged_extract(unpack, plan.rm, plan.delete, nonce, unpacked=aside + owned, done=stored,
-                                undo='rm -f -- "$N"' if member else "")
+                                undo='rm -f -- "$N"' if member else "", listed=listed_names(entries))
     else:
         steps += [unpack, end_check(END + nonce)]  # a fresh release directory: nothing is live there yet
         if plan.privileges.owner:  # seeded files are links to the live release's: the same owner already
