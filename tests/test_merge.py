@@ -155,18 +155,26 @@ def test_new_and_merged_names_of_every_spelling_land_together(
     assert sorted(os.listdir(remote_dir)) == ["dist"]
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["listed", "walked"])
 def test_an_unwritable_directory_in_one_name_stops_every_name_before_anything_changes(
     server: LocalServer, keys: dict[str, KeyPair], workspace: Path, remote_dir: Path, run_sshipit: RunSshipit,
+    many: bool,
 ) -> None:
     """The check runs once over all merged names: a root-owned directory deep in the last one refuses the upload
-    while the first name's changed file and a new name are still unplaced."""
+    while the first name's changed file and a new name are still unplaced (over the stream's names, and over
+    find's walk when there are more than upload.LISTED_NAMES)."""
     dist = workspace / "dist"
     for name in ("a", "m", "z"):
         (dist / name / "deep").mkdir(parents=True)
         (dist / name / "deep" / "f.txt").write_text(f"{name} v1\n")
+    extra = [dist / "a" / "deep" / f"x{n}.txt" for n in range(LISTED_NAMES + 1 if many else 0)]
+    for path in extra:
+        path.write_text("x\n")
     env = plugin_env(server, keys["ed25519"], target=str(remote_dir), sources="dist", strip_components=1)
     ok(run_sshipit(env=env))
     os.chown(remote_dir / "z" / "deep", 0, 0)
+    for path in extra:
+        path.write_text("x, changed\n")
     for name in ("a", "m", "z"):
         (dist / name / "deep" / "f.txt").write_text(f"{name} v2, longer\n")
     (dist / "b-new").mkdir()
@@ -176,6 +184,7 @@ def test_an_unwritable_directory_in_one_name_stops_every_name_before_anything_ch
     assert sorted(os.listdir(remote_dir)) == ["a", "m", "z"]
     for name in ("a", "m", "z"):
         assert (remote_dir / name / "deep" / "f.txt").read_text() == f"{name} v1\n"
+    assert all((remote_dir / path.relative_to(dist)).read_text() == "x\n" for path in extra)
 
 
 def test_a_leftover_staging_goes_after_an_hour_and_a_fresh_one_stays(
