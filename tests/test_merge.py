@@ -1,4 +1,4 @@
-"""The upload's server side (upload.staged_extract) against a real OpenSSH server: how many processes a redeploy
+"""The upload's server side (staging.staged_extract) against a real OpenSSH server: how many processes a redeploy
 costs there, and that placing many top-level names at once (new ones renamed in one `mv`, the others merged by
 one pass of each kind) lands what was built, checks everything before anything changes, and clears leftovers.
 
@@ -20,15 +20,15 @@ import pytest
 from conftest import RunSshipit
 from helpers import Result, one_error, plugin_env, server_bin_dir, start_server
 from sshipit.localserver import KeyPair, LocalServer
-from sshipit.upload import LISTED_NAMES
+from sshipit.staging import LISTED_NAMES
 
 # Everything the probe, the listing and the upload may run; what is not found here is not wrapped (and not run).
 TOOLS = ("sh", "find", "cp", "mv", "rm", "mkdir", "touch", "tar", "zstd", "gzip", "head", "cat", "grep", "date",
          "chown", "chmod", "ln", "xargs", "readlink", "stat", "id", "uname", "sleep", "env", "ls", "wc", "sed")
 # The upload command of a redeploy that changes a file in each of three top-level directories: mkdir (staging),
 # tar, mv or cat (manifest aside), cp, rm -rf, touch, mv; the check and the two passes that clear the way run in
-# the upload's shell over the stream's own names (upload.listed_names). A stream of more names than
-# upload.LISTED_NAMES adds find+sh (check), find+sh (directories), find+sh (the rest): 13. It was 31 when each
+# the upload's shell over the stream's own names (staging.listed_names). A stream of more names than
+# staging.LISTED_NAMES adds find+sh (check), find+sh (directories), find+sh (the rest): 13. It was 31 when each
 # top-level name had its own passes.
 UPLOAD_PROCESSES = 7
 
@@ -74,7 +74,7 @@ def test_a_redeploy_runs_one_pass_of_each_kind_over_every_merged_name(
     run_sshipit: RunSshipit, many: bool,
 ) -> None:
     """A few changed names: the passes run in the upload's shell over the stream's names, no find; more names
-    than upload.LISTED_NAMES: one find pass of each kind over the staging. Either way, what changed lands."""
+    than staging.LISTED_NAMES: one find pass of each kind over the staging. Either way, what changed lands."""
     server, log = counting_server
     dist = workspace / "dist"
     for top in ("a", "b", "c"):
@@ -112,7 +112,7 @@ def test_new_and_merged_names_of_every_spelling_land_together(
 ) -> None:
     """Top-level names the glob must find (dot names, `..x`, a name with a space or a leading dash), some new and
     some merged in one upload, with type changes among the merged ones: all land as built, nothing outside; over
-    the stream's own names and (`many`: more than upload.LISTED_NAMES) over find's walk alike."""
+    the stream's own names and (`many`: more than staging.LISTED_NAMES) over find's walk alike."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "theirs.txt").write_text("not ours\n")
@@ -162,7 +162,7 @@ def test_an_unwritable_directory_in_one_name_stops_every_name_before_anything_ch
 ) -> None:
     """The check runs once over all merged names: a root-owned directory deep in the last one refuses the upload
     while the first name's changed file and a new name are still unplaced (over the stream's names, and over
-    find's walk when there are more than upload.LISTED_NAMES)."""
+    find's walk when there are more than staging.LISTED_NAMES)."""
     dist = workspace / "dist"
     for name in ("a", "m", "z"):
         (dist / name / "deep").mkdir(parents=True)

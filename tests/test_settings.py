@@ -221,7 +221,7 @@ class TestRemoteCommands:
         """Every step depends on the one before: a failed `cd` must stop everything (no `;` at top level)."""
         import shlex
 
-        from sshipit.upload import staged_extract
+        from sshipit.staging import staged_extract
 
         command = " && ".join(["cd -- /t", *staged_extract("tar -xf -", True, ["x"], "n")])
         command = command.replace("\\;", "EXEC_END")  # find -exec's terminator is an argument, not a separator

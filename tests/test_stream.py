@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sshipit.compress import ZSTD_LEVELS, choose_compression, next_level
-from sshipit.connect import _Coalescing
 from sshipit.manifest import HASH, Manifest, file_hash, forget_local_hashes, local_hash
 from sshipit.remote import ServerTraits
 from sshipit.sources import Entry
+from sshipit.transport import _Coalescing
 from sshipit.upload import _tarfile_header, tar_header
 
 names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"), min_size=1, max_size=60)

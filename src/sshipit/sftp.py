@@ -20,9 +20,9 @@ from sshipit.errors import DeployError, local_cause, local_file_error
 from sshipit.privilege import sftp_owner
 from sshipit.rules import precious_reason
 from sshipit.sources import Entry
+from sshipit.staging import STAGING
 from sshipit.upload import (
     CHUNK,
-    STAGING,
     Progress,
     UploadStats,
     changed_while_read,
