@@ -194,7 +194,7 @@ def build(raw: RawSettings, environ: dict[str, str], workspace: Path, sources_la
         if isinstance(plan.upload, Pending):
             at = plan.warnings.index(_SOURCES_WARNINGS)
             if sources_later and sources_may_wait(plan):
-                del plan.warnings[at]  # said when they are read (cli.py: Pending.say)
+                del plan.warnings[at]  # said when they are read (cli.py: Pending.on_read)
             else:
                 plan.warnings[at:at + 1] = plan.upload.warnings  # read now, and said where they always were
     except BaseException:
