@@ -21,7 +21,6 @@ target/.sshipit/manifests/.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import posixpath
@@ -52,7 +51,7 @@ from sshipit.manifest_text import (
 )
 from sshipit.remote import capture
 from sshipit.rules import shell_path
-from sshipit.sources import Entry
+from sshipit.sources import Entry, collector_paused
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientConnection
@@ -191,14 +190,9 @@ class Manifest:
             return None, f"larger than {MANIFEST_LIMIT >> 20} MiB"
         # All that is made here (JSON's lists and dicts, the tables' tuples) is acyclic, and the tables live on
         # (parse_shared): the cyclic collector's passes over them while they are made (6-15% of the parse, more
-        # at 20,000 files) would free nothing. The pattern sources.py uses while it scans.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        # at 20,000 files) would free nothing.
+        with collector_paused():
             return cls._parse(text, digest)
-        finally:
-            if collecting:
-                gc.enable()
 
     @classmethod
     def _parse(cls, text: str, digest: str) -> tuple[Manifest | None, str]:

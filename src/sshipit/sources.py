@@ -21,7 +21,7 @@ import os
 import posixpath
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +100,19 @@ class Pending(Collected):
     @property  # type: ignore[override]
     def warnings(self) -> list[str]:
         return self.resolve().warnings
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic collector off while objects that live on are made (a build's entries, a manifest's
+    tables): its passes over them would free nothing. On again after, if it was on."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def sources_failure(upload: Collected | None, exc: BaseException) -> bool:
@@ -526,23 +539,20 @@ def collect(workspace: Path, sources: list[str], strip_components: int = 0,
 
     # Every object made here lives until the deploy ends: the cyclic collector's passes over them (~20 ms for
     # 25,000 entries) would find nothing to free.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        for source in includes:
-            rel = _relative_source(source, workspace)
-            if _GLOB_CHARS & set(rel):
-                matches = _expand(real_root, rel, dereference, excluded)
-                if not matches:
-                    raise SettingsError(f"source pattern {source!r} matched nothing in {workspace}",
-                                        setting="sources", hint="check the pattern and that the build produced it")
-                for match in matches:
-                    add(os.path.normpath(match))
-            else:
-                add(rel)
+        with collector_paused():
+            for source in includes:
+                rel = _relative_source(source, workspace)
+                if _GLOB_CHARS & set(rel):
+                    matches = _expand(real_root, rel, dereference, excluded)
+                    if not matches:
+                        raise SettingsError(f"source pattern {source!r} matched nothing in {workspace}",
+                                            setting="sources", hint="check the pattern and that the build produced it")
+                    for match in matches:
+                        add(os.path.normpath(match))
+                else:
+                    add(rel)
     finally:
-        if collecting:
-            gc.enable()
         if listing is not None:
             listing.close()
     entries = list(found.values())

@@ -101,8 +101,8 @@ def staged_extract(
     replaced by a complete copy, never rewritten in place, and each directory gets the stream's mode and time.
     The shell sorts the names with builtins and each pass runs once over all of them (find and cp take several
     start points): about a millisecond a process, 13 processes instead of 31 for a redeploy into three
-    top-level names. A failed step removes the staging directory; one left by a killed server or shell is
-    removed by a later upload (older than an hour). The staging name is unique, so two deploys at once do not
+    top-level names (7 with `listed`). A failed step removes the staging directory; one left by a killed server or
+    shell is removed by a later upload (older than an hour). The staging name is unique, so two deploys at once do not
     collide. `unpacked` runs in the target right after the extraction (to take the manifest out of the staging),
     `done` once the staging is gone, and `undo` when a step fails.
     With `listed` (listed_names: a small redeploy's directories and other names, as the stream holds them), the
@@ -117,46 +117,41 @@ def staged_extract(
     # The staged top-level names, as "$f" and the target's "$n" (the end marker and a manifest record stay, and go
     # with the staging).
     each = (f"for f in {staging}/* {staging}/.[!.]* {staging}/..?*; do case $f in (*/{end}|*/{MEMBER}{nonce}) "
-            "continue;; esac; "
-            '{ [ -e "$f" ] || [ -L "$f" ]; } || continue; n=${f#*/}; ')
-    there = '{ [ -e "$n" ] || [ -L "$n" ]; }'
-    # Those the target has too, gathered as "$@". The check walks them all: where the target's name is a link
-    # or not a directory, _CHECK itself skips what lies below it.
-    check = (
-        f'set --; {each}if {there}; then set -- "$@" "$f"; fi; done; '
-        f"if [ $# -gt 0 ]; then find \"$@\" -type d -exec sh -c '{_CHECK}' sh {{}} + {or_drop}; fi"
-    )
-    # New names go in one rename; what is left in the staging then is what the target has too.
-    rename = f'set --; {each}{there} || set -- "$@" "$f"; done; if [ $# -gt 0 ]; then mv -- "$@" . {or_drop}; fi'
-    place = (
-        f'{rename}; set --; {each}set -- "$@" "$f"; done; '
-        "if [ $# -gt 0 ]; then "
-        f"find \"$@\" -type d -exec sh -c '{_RESOLVE_DIRS}' sh {{}} + && "
-        f"find \"$@\" ! -type d -exec sh -c '{_RESOLVE_OTHERS}' sh {{}} + && cp -alf -- \"$@\" . {or_drop}; fi"
-    )
+            f"continue;; esac; {_exists('f')} || continue; n=${{f#*/}}; ")
+    # New names go in one rename; what is left in the staging then is what the target has too, gathered as "$@".
+    rename = f'set --; {each}{_exists("n")} || set -- "$@" "$f"; done; if [ $# -gt 0 ]; then mv -- "$@" . {or_drop}; fi'
+    merged = f'set --; {each}set -- "$@" "$f"; done'
+    link = f'cp -alf -- "$@" . {or_drop}'
     passes: tuple[str, ...] = ()
-    if listed is not None:
+    if listed is None:
+        # The check walks every staged name the target has too: where the target's name is a link or not a
+        # directory, _CHECK itself skips what lies below it. The passes walk what is still staged after the rename.
+        check = (f'set --; {each}if {_exists("n")}; then set -- "$@" "$f"; fi; done; '
+                 f"if [ $# -gt 0 ]; then find \"$@\" -type d -exec sh -c '{_CHECK}' sh {{}} + {or_drop}; fi")
+        place = (f"{rename}; {merged}; if [ $# -gt 0 ]; then "
+                 f"find \"$@\" -type d -exec sh -c '{_RESOLVE_DIRS}' sh {{}} + && "
+                 f"find \"$@\" ! -type d -exec sh -c '{_RESOLVE_OTHERS}' sh {{}} + && {link}; fi")
+    else:
         # The same three loops as shell functions (`return`, not `exit`), each given the listed names that are
         # in the staging: before the rename, those below a name the target has (the check); after it, those
         # still staged (the merged ones).
         functions = (f"{name}() {{ {body.replace('exit 1', 'return 1')}; }}" for name, body in
                      (("sshipit_check", _CHECK), ("sshipit_dirs", _RESOLVE_DIRS), ("sshipit_others", _RESOLVE_OTHERS)))
         passes = (f"{{ {'; '.join(functions)}; }}",)
-        words = {kind: " ".join(quote(f"{staging}/{name}") for name in names) for kind, names in
-                 zip(("dirs", "others"), listed, strict=True)}
 
-        def over(kind: str, keep: str, function: str) -> str:
-            if not words[kind]:
+        def over(names: list[str], keep: str, function: str) -> str:
+            if not names:
                 return "true"
-            return (f'set --; for p in {words[kind]}; do {keep} && set -- "$@" "$p"; done; '
+            words = " ".join(quote(f"{staging}/{name}") for name in names)
+            return (f'set --; for p in {words}; do {keep} && set -- "$@" "$p"; done; '
                     f'if [ $# -gt 0 ]; then {function} "$@" {or_drop}; fi')
 
-        staged = '{ [ -e "$p" ] || [ -L "$p" ]; }'
-        check = over("dirs", '{ t=${p#*/}; n=${t%%/*}; [ -e "$n" ] || [ -L "$n" ]; }', "sshipit_check")
-        place = (f'{rename}; {over("dirs", staged, "sshipit_dirs")}; {over("others", staged, "sshipit_others")}; '
-                 f'set --; {each}set -- "$@" "$f"; done; if [ $# -gt 0 ]; then cp -alf -- "$@" . {or_drop}; fi')
+        dirs, others = listed
+        check = over(dirs, f'{{ t=${{p#*/}}; n=${{t%%/*}}; {_exists("n")}; }}', "sshipit_check")
+        place = (f'{rename}; {over(dirs, _exists("p"), "sshipit_dirs")}; '
+                 f'{over(others, _exists("p"), "sshipit_others")}; {merged}; if [ $# -gt 0 ]; then {link}; fi')
     # A leftover staging is rare: the glob (a builtin) says whether there is one for `find -mmin` to weigh.
-    cleanup = (f"for f in ./{STAGING}*; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
+    cleanup = (f"for f in ./{STAGING}*; do if {_exists('f')}; then "
                f"find . -maxdepth 1 -name '{STAGING}*' -mmin +60 -exec rm -rf -- {{}} \\; 2>/dev/null; fi; break; done")
     return [
         f"{{ {cleanup}; true; }}",
@@ -170,6 +165,11 @@ def staged_extract(
         f"rm -rf -- {staging}",
         *done,
     ]
+
+
+def _exists(variable: str) -> str:
+    """Shell test: the path in $variable is there, a dangling symlink included (`[ -e ]` follows links)."""
+    return f'{{ [ -e "${variable}" ] || [ -L "${variable}" ]; }}'
 
 
 def end_check(end: str, keep: bool = False) -> str:
